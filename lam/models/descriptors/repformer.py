@@ -1,0 +1,134 @@
+"""DPA-2 ``repformer`` layers on the padded (N, nnei) neighbour layout.
+
+Channels: ``g1`` (N, ng1) per atom, ``g2`` (N, nnei, ng2) per pair, ``h2`` (N, nnei, 3) per pair direction
+(the last three columns of the smooth environment matrix). One layer (update style ``res_residual``,
+DeePMD-kit's ``g1_out_conv`` / ``g1_out_mlp`` variant):
+
+* g1 += r1 * tanh(W_self g1) + r2 * conv + r3 * tanh(W_1 [grrg, drrd]) (+ r4 * g1 self-attention)
+  - conv_i = sum_j sw_ij (W g2_ij) * g1_j / sel
+  - grrg / drrd: ``H = h2^T (sw g) / sqrt(sel)`` for ``g = g2`` and ``g = g1_j``, then ``H_<^T H / 3``
+* g2 += r5 * tanh(W_2 g2) + r6 * LayerNorm(gated multi-head attention over neighbours) (+ r7 * W (g1_i g1_j))
+  (the last layer does not update g2.)
+
+Smooth attention: logits become ``(a + shift) sw_i sw_j - shift``; weights are multiplied by ``sw_i sw_j``,
+so a neighbour at the cutoff behaves exactly like an empty slot. The softmax counts ``sel`` slots whatever
+the padded width (:func:`padded_softmax`), so results do not depend on the other atoms in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lam.models.descriptors.common import make_linear, padded_softmax
+
+
+class GatedPairAttention(nn.Module):
+    """Gated multi-head self-attention among the neighbours of each atom, acting on g2."""
+
+    def __init__(self, ng2: int, hidden: int, nhead: int, sel: int, has_gate: bool = True,
+                 shift: float = 20.0) -> None:
+        super().__init__()
+        self.hidden, self.nhead, self.sel, self.has_gate, self.shift = hidden, nhead, sel, has_gate, shift
+        self.mapqk = make_linear(ng2, 2 * nhead * hidden, bias=False)
+        self.mapv = make_linear(ng2, ng2 * nhead, bias=False)
+        self.head_map = make_linear(ng2 * nhead, ng2)
+        self.norm = nn.LayerNorm(ng2, eps=1e-5)
+
+    def forward(self, g2: Tensor, h2: Tensor, sw: Tensor) -> Tensor:
+        n_atoms, nnei, ng2 = g2.shape
+        h, d = self.nhead, self.hidden
+        qk = self.mapqk(g2).view(n_atoms, nnei, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, N, h, n, d)
+        logits = torch.matmul(qk[0], qk[1].transpose(-1, -2)) / math.sqrt(d)  # (N, h, n, n)
+        hh = torch.bmm(h2, h2.transpose(1, 2)).unsqueeze(1)  # (N, 1, n, n)
+        if self.has_gate:
+            logits = logits * hh
+        sw2 = (sw.unsqueeze(-1) * sw.unsqueeze(-2)).unsqueeze(1)  # (N, 1, n, n)
+        logits = (logits + self.shift) * sw2 - self.shift
+        w = padded_softmax(logits, self.sel, -self.shift) * sw2 * (hh / math.sqrt(3.0))
+        v = self.mapv(g2).view(n_atoms, nnei, h, ng2).transpose(1, 2)  # (N, h, n, ng2)
+        out = torch.matmul(w, v).transpose(1, 2).reshape(n_atoms, nnei, h * ng2)
+        return self.norm(self.head_map(out))
+
+
+class LocalAttention(nn.Module):
+    """Multi-head attention of atom ``i`` (query g1_i) over its neighbours (keys/values from g1_j)."""
+
+    def __init__(self, ng1: int, hidden: int, nhead: int, sel: int, shift: float = 20.0) -> None:
+        super().__init__()
+        self.ng1, self.hidden, self.nhead, self.sel, self.shift = ng1, hidden, nhead, sel, shift
+        self.mapq = make_linear(ng1, hidden * nhead, bias=False)
+        self.mapkv = make_linear(ng1, (hidden + ng1) * nhead, bias=False)
+        self.head_map = make_linear(ng1 * nhead, ng1)
+
+    def forward(self, g1: Tensor, gg1: Tensor, sw: Tensor) -> Tensor:
+        n_atoms, nnei, _ = gg1.shape
+        h, d = self.nhead, self.hidden
+        q = self.mapq(g1).view(n_atoms, h, 1, d)
+        kv = self.mapkv(gg1).view(n_atoms, nnei, h, d + self.ng1).transpose(1, 2)  # (N, h, n, d+ng1)
+        k, v = kv[..., :d], kv[..., d:]
+        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)  # (N, h, 1, n)
+        s = sw.view(n_atoms, 1, 1, nnei)
+        logits = (logits + self.shift) * s - self.shift
+        w = padded_softmax(logits, self.sel, -self.shift) * s
+        out = torch.matmul(w, v).reshape(n_atoms, h * self.ng1)
+        return self.head_map(out)
+
+
+class RepformerLayer(nn.Module):
+    """One repformer layer (see the module docstring)."""
+
+    def __init__(self, sel: int, g1_dim: int, g2_dim: int, axis_neuron: int, update_g2: bool,
+                 g1_attn: bool, attn1_hidden: int, attn1_nhead: int, g2_attn: bool, attn2_hidden: int,
+                 attn2_nhead: int, attn2_has_gate: bool, g2_g1g1: bool, residual: float) -> None:
+        super().__init__()
+        self.sel, self.axis, self.update_g2 = sel, axis_neuron, update_g2
+        self.g1_self = make_linear(g1_dim, g1_dim)
+        self.proj_g2g1 = make_linear(g2_dim, g1_dim, bias=False)
+        self.linear1 = make_linear(axis_neuron * (g1_dim + g2_dim), g1_dim)
+        self.loc_attn = LocalAttention(g1_dim, attn1_hidden, attn1_nhead, sel) if g1_attn else None
+        n_g1 = 3 + int(g1_attn)
+        self.g1_residual = nn.Parameter(torch.randn(n_g1, g1_dim) * residual)
+        self.linear2 = self.attn2 = self.proj_g1g1 = self.g2_residual = None
+        if update_g2:
+            self.linear2 = make_linear(g2_dim, g2_dim)
+            if g2_attn:
+                self.attn2 = GatedPairAttention(g2_dim, attn2_hidden, attn2_nhead, sel, attn2_has_gate)
+            if g2_g1g1:
+                self.proj_g1g1 = make_linear(g1_dim, g2_dim, bias=False)
+            n_g2 = 1 + int(g2_attn) + int(g2_g1g1)
+            self.g2_residual = nn.Parameter(torch.randn(n_g2, g2_dim) * residual)
+
+    def forward(self, g1: Tensor, g2: Tensor, h2: Tensor, sw: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """``g1`` (N, ng1), ``g2`` (N, n, ng2), ``h2`` (N, n, 3), ``sw`` (N, n) zero in empty slots,
+        ``index`` (N, n) neighbour atom of each slot. Returns the new ``(g1, g2)``."""
+        n_atoms, nnei, ng2 = g2.shape
+        gg1 = g1[index]  # (N, n, ng1)
+        sw_ = sw.unsqueeze(-1)
+        gg1_sw = gg1 * sw_
+        g2_sw = g2 * sw_
+        # conv: sum_j sw (W g2_ij) * g1_j / sel
+        conv = (self.proj_g2g1(g2) * gg1_sw).sum(dim=1) / self.sel
+        # grrg and drrd share one batched matmul: h2^T [sw g2, sw g1_j] / sqrt(sel)
+        hg = torch.bmm(h2.transpose(1, 2), torch.cat([g2_sw, gg1_sw], dim=-1)) / math.sqrt(self.sel)
+        hg2, hg1 = hg[..., :ng2], hg[..., ng2:]
+        grrg = torch.bmm(hg2[..., : self.axis].transpose(1, 2), hg2) / 3.0
+        drrd = torch.bmm(hg1[..., : self.axis].transpose(1, 2), hg1) / 3.0
+        mlp = torch.tanh(self.linear1(torch.cat([grrg.reshape(n_atoms, -1), drrd.reshape(n_atoms, -1)], -1)))
+        res = self.g1_residual
+        g1_new = g1 + res[0] * mlp + res[1] * torch.tanh(self.g1_self(g1)) + res[2] * conv
+        if self.loc_attn is not None:
+            g1_new = g1_new + res[3] * self.loc_attn(g1, gg1, sw)
+        if not self.update_g2:
+            return g1_new, g2
+        r2 = self.g2_residual
+        g2_new = g2 + r2[0] * torch.tanh(self.linear2(g2))
+        k = 1
+        if self.attn2 is not None:
+            g2_new = g2_new + r2[k] * self.attn2(g2, h2, sw)
+            k += 1
+        if self.proj_g1g1 is not None:
+            g2_new = g2_new + r2[k] * self.proj_g1g1(g1.unsqueeze(1) * gg1_sw)
+        return g1_new, g2_new

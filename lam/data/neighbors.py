@@ -90,21 +90,26 @@ def _vesin_box(box: np.ndarray, periodic: np.ndarray, where: str) -> np.ndarray:
     return completed
 
 
+def _as_int64(x: np.ndarray) -> np.ndarray:
+    """vesin's indices are uint64 (< 2^63 in practice): reinterpret them without a copy."""
+    return x.view(np.int64) if x.dtype == np.uint64 else x.astype(np.int64)
+
+
 def _sorted_edges(
     i: np.ndarray, j: np.ndarray, shifts: np.ndarray, distances: np.ndarray, n_atoms: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Edges sorted by ``(i, j, shift)``: a total order, so the result is deterministic.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(edge_index, shifts, distances)`` sorted by ``(i, j, shift)``: a total order, hence deterministic.
 
     Fast path: ``(i, j, shift)`` is encoded as one mixed-radix integer, the edge's position is packed into its
     low bits and the packed integers are sorted by value (``np.sort`` is several times faster than
     ``np.argsort`` and touches memory sequentially); ``i``, ``j`` and the shift are then decoded from the
     sorted keys and only the distances are gathered. Systems too large for 64-bit packing use ``lexsort``.
+    All returned arrays are new (none is a view of the inputs).
     """
     n_edges = len(i)
-    i = i.astype(np.int64)
-    j = j.astype(np.int64)
+    i, j = _as_int64(i), _as_int64(j)
     if n_edges == 0:
-        return i, j, shifts.astype(np.int64).reshape(0, 3), distances.astype(np.float64)
+        return np.zeros((2, 0), np.int64), np.zeros((0, 3), np.int64), np.zeros(0, np.float64)
     # one base for all three axes: a reduction over the flat array is much cheaper than per-column ones
     lo = int(shifts.min())
     base = int(shifts.max()) - lo + 1
@@ -113,13 +118,13 @@ def _sorted_edges(
     idx_bits = (n_edges - 1).bit_length()
     if key_bits + idx_bits > 64:
         order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
-        return i[order], j[order], shifts[order].astype(np.int64), distances[order]
+        return np.stack([i[order], j[order]]), shifts[order].astype(np.int64), distances[order]
 
-    s = shifts.astype(np.int64)
-    s -= lo
     key = i * n_atoms
     key += j
     key *= n_codes
+    s = shifts.astype(np.int64)
+    s -= lo
     key += (s[:, 0] * base + s[:, 1]) * base + s[:, 2]
     del s
     packed = key.view(np.uint64)
@@ -130,18 +135,20 @@ def _sorted_edges(
     sorted_distances = distances[order]
     del order
     packed >>= np.uint64(idx_bits)
-    key = packed.view(np.int64)
     code = key % n_codes
     key //= n_codes
-    i_sorted = key // n_atoms
-    j_sorted = key - i_sorted * n_atoms
+    edge_index = np.empty((2, n_edges), dtype=np.int64)
+    np.floor_divide(key, n_atoms, out=edge_index[0])
+    np.multiply(edge_index[0], n_atoms, out=edge_index[1])
+    np.subtract(key, edge_index[1], out=edge_index[1])
+    del key, packed
     s_sorted = np.empty((n_edges, 3), dtype=np.int64)
     s_sorted[:, 2] = code % base
     code //= base
     s_sorted[:, 1] = code % base
     s_sorted[:, 0] = code // base
     s_sorted += lo
-    return i_sorted, j_sorted, s_sorted, sorted_distances
+    return edge_index, s_sorted, sorted_distances
 
 
 def neighbor_lists(
@@ -181,19 +188,18 @@ def neighbor_lists(
     rc_max = max(rcs)
 
     if n_atoms == 0:
-        i = j = np.zeros(0, dtype=np.int64)
+        edge_index = np.zeros((2, 0), dtype=np.int64)
         s = np.zeros((0, 3), dtype=np.int64)
         d = np.zeros(0, dtype=np.float64)
     else:
         calculator = vesin.NeighborList(cutoff=rc_max, full_list=True, n_threads=n_threads)
         i, j, s, d = calculator.compute(pos, vbox, periodic, quantities="ijSd", copy=False)
-        # every returned array is a fresh copy, so vesin's buffers may be freed with `calculator`
-        i, j, s, d = _sorted_edges(i, j, s, d, n_atoms)
-        del calculator
-        if not np.all(s[:, ~periodic] == 0):  # defensive: vesin must never shift along an open direction
+        # the sorted arrays are fresh copies, so vesin's buffers may be freed with `calculator`
+        edge_index, s, d = _sorted_edges(i, j, s, d, n_atoms)
+        del i, j, calculator
+        if not periodic.all() and np.any(s[:, ~periodic]):  # vesin must never shift along an open direction
             raise RuntimeError(f"{_prefix(where)}vesin returned a shift along a non-periodic direction")
 
-    edge_index = np.stack([i, j])
     full = NeighborList(edge_index=edge_index, shifts=s, distances=d)
     out = []
     for rc in rcs:

@@ -152,9 +152,11 @@ def test_lexsort_fallback_gives_the_same_order() -> None:
     packed = _sorted_edges(i, j, s, d, n_atoms=20)
     fallback = _sorted_edges(i, j, s, d, n_atoms=2**31)  # too many atoms to pack keys into 64 bits
     order = np.lexsort((s[:, 2], s[:, 1], s[:, 0], j, i))
-    for a, b, ref in zip(packed, fallback, (i, j, s, d)):
-        np.testing.assert_array_equal(a, ref[order])
-        np.testing.assert_array_equal(b, ref[order])
+    expected = (np.stack([i[order], j[order]]).astype(np.int64), s[order].astype(np.int64), d[order])
+    for a, b, ref in zip(packed, fallback, expected):
+        assert a.dtype == ref.dtype and b.dtype == ref.dtype
+        np.testing.assert_array_equal(a, ref)
+        np.testing.assert_array_equal(b, ref)
 
 
 @pytest.mark.parametrize(

@@ -272,7 +272,13 @@ RegistrySource = str | os.PathLike | Mapping[str, Any] | Registry
 
 def builtin_registry_text() -> str:
     """The YAML text of the registry shipped with the package."""
-    return resources.files("lam.hub").joinpath("registry.yaml").read_text(encoding="utf-8")
+    try:
+        return resources.files("lam.hub").joinpath("registry.yaml").read_text(encoding="utf-8")
+    except FileNotFoundError as exc:  # a wheel built without the package data
+        raise RegistryError(
+            "lam/hub/registry.yaml is missing from the installed package (package data not installed); "
+            "reinstall lam, or pass use_builtin=False"
+        ) from exc
 
 
 def load_registry(

@@ -58,12 +58,18 @@ def atoms_to_frame(
     """
     where = f"structure {atoms.get_chemical_formula()}"
     results: dict[str, Any] = dict(getattr(atoms.calc, "results", None) or {})
+    changed = atoms.calc.check_state(atoms) if results and getattr(atoms.calc, "atoms", None) is not None else []
 
     def pick(key: str | None, store: dict[str, Any], store_name: str, default: str) -> Any:
         if key is not None:
             if key not in store:
                 raise KeyError(f"{where}: key {key!r} not found in atoms.{store_name} (has {sorted(store)})")
             return store[key]
+        if default in results and changed:
+            raise ValueError(
+                f"{where}: field {default!r}: the calculator's results are stale ({', '.join(changed)} changed "
+                "since they were computed); recompute them or name the label keys explicitly"
+            )
         return results.get(default)
 
     energy = pick(energy_key, atoms.info, "info", "energy")

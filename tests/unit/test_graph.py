@@ -105,6 +105,16 @@ def test_virial_sign_matches_strain_derivative() -> None:
     assert np.sum(w * eps) == pytest.approx(-de, rel=1e-5, abs=1e-7)
 
 
+def test_stale_calculator_results_are_refused() -> None:
+    atoms = emt_copper()
+    atoms.positions[0] += 0.1
+    with pytest.raises(ValueError, match="field 'energy'.*stale"):
+        atoms_to_frame(atoms)
+    atoms.info.update(e=-1.0, s=np.zeros(6))
+    atoms.arrays["f"] = np.zeros((len(atoms), 3))
+    assert atoms_to_frame(atoms, energy_key="e", forces_key="f", stress_key="s").energy == -1.0
+
+
 def test_labels_from_named_info_and_array_keys() -> None:
     atoms = molecule("CH4")
     forces = np.arange(15, dtype=float).reshape(5, 3)

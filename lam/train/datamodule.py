@@ -86,16 +86,10 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     """Deterministic (train, val) frame indices of a dataset of ``n`` frames."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    try:
-        from lam.data.splits import split_indices
-    except ImportError:  # pragma: no cover - used until lam.data.splits lands
-        split_indices = None
-    if split_indices is not None:
-        train, val = split_indices(n, [1.0 - val_fraction, val_fraction], seed)
-        return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(val_fraction * n))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    from lam.data.splits import split_indices
+
+    train, val = split_indices(n, [1.0 - val_fraction, val_fraction], seed)
+    return np.asarray(train, dtype=np.int64), np.asarray(val, dtype=np.int64)
 
 
 class FrameToGraph:

@@ -1,0 +1,1 @@
+"""ASE calculators for reference codes used as labelers."""

@@ -1,0 +1,127 @@
+"""ASE calculator for a :class:`lam.models.Potential`, optionally with a committee for model deviation.
+
+Results: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom), ``stress`` (ASE sign,
+eV/Å^3, Voigt order xx yy zz yz xz xy; periodic cells only) and, with a committee, ``energy_std`` (eV),
+``forces_std`` (N,) per-atom force deviation ``sqrt(<|F_i - <F_i>|^2>)`` and ``max_force_std`` (its maximum,
+DeePMD's ε_F). The neighbour list is rebuilt on every call with vesin (:mod:`lam.data.neighbors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from lam.data import keys as K
+from lam.data.neighbors import neighbor_list
+from lam.models.potential import Potential
+
+
+def atoms_to_batch(atoms_list: Sequence[Atoms], cutoff: float, head: int | Sequence[int] = 0,
+                   dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Collate ASE structures into a batch dict (fields of :mod:`lam.data.keys`) with edges within ``cutoff``."""
+    heads = [int(head)] * len(atoms_list) if isinstance(head, int) else [int(h) for h in head]
+    if len(heads) != len(atoms_list):
+        raise ValueError(f"got {len(heads)} head indices for {len(atoms_list)} structures")
+    pos, numbers, cells, pbcs, edges, shifts, seg = [], [], [], [], [], [], []
+    offset = 0
+    for g, atoms in enumerate(atoms_list):
+        cell = np.asarray(atoms.cell.array, dtype=np.float64)
+        nl = neighbor_list(atoms.positions, cell, atoms.pbc, cutoff, where=f"structure {g} ({atoms.symbols})")
+        pos.append(atoms.positions)
+        numbers.append(atoms.numbers)
+        cells.append(cell)
+        pbcs.append(atoms.pbc)
+        edges.append(nl.edge_index + offset)
+        shifts.append(nl.shifts)
+        seg.append(np.full(len(atoms), g))
+        offset += len(atoms)
+    ptr = np.cumsum([0] + [len(a) for a in atoms_list])
+
+    def t(x: Any, dt: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(x), dtype=dt, device=device)
+
+    return {
+        K.POSITIONS: t(np.concatenate(pos), dtype),
+        K.NUMBERS: t(np.concatenate(numbers), torch.long),
+        K.CELL: t(np.stack(cells), dtype),
+        K.PBC: t(np.stack(pbcs), torch.bool),
+        K.EDGE_INDEX: t(np.concatenate(edges, axis=1), torch.long),
+        K.SHIFTS: t(np.concatenate(shifts), dtype),
+        K.BATCH: t(np.concatenate(seg), torch.long),
+        K.PTR: t(ptr, torch.long),
+        K.HEAD: t(heads, torch.long),
+    }
+
+
+class LAMCalculator(Calculator):
+    """ASE calculator around a :class:`Potential`.
+
+    Args:
+        model: the potential that gives energy, forces and stress.
+        head: head name (required when the model has several heads).
+        committee: optional list of potentials; the deviation results are computed over the committee, with
+            ``model`` included once (whether or not it is in the list).
+        device: torch device (default: the model's).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_std",
+                              "forces_std", "max_force_std"]
+
+    def __init__(self, model: Potential, head: str | None = None, committee: list[Potential] | None = None,
+                 device: torch.device | str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if head is None:
+            if len(model.head_names) > 1:
+                raise ValueError(f"the model has heads {model.head_names}: pass head=...")
+            head = model.head_names[0]
+        if head not in model.head_names:
+            raise ValueError(f"no head {head!r}; the model has heads {model.head_names}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
+        self.head = head
+        members = list(committee or [])
+        if members and not any(m is model for m in members):
+            members = [model, *members]
+        for m in members:
+            m.to(self.device).eval()
+            if head not in m.head_names:
+                raise ValueError(f"committee member lacks head {head!r} (it has {m.head_names})")
+        self.committee = members
+
+    def _evaluate(self, model: Potential, atoms: Atoms, stress: bool) -> dict[str, np.ndarray]:
+        cutoff = model.rcut
+        batch = atoms_to_batch([atoms], cutoff, head=model.head_names.index(self.head), dtype=model.dtype,
+                               device=self.device)
+        out = model(batch, compute_forces=True, compute_virial=stress)
+        return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
+
+    def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
+                  system_changes: Sequence[str] = all_changes) -> None:
+        """Compute energy, forces, (stress) and, with a committee, the deviations."""
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        want_stress = "stress" in properties
+        if want_stress and not atoms.pbc.all():
+            raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
+        out = self._evaluate(self.model, atoms, want_stress)
+        energy = float(out[K.ENERGY][0])
+        self.results = {"energy": energy, "free_energy": energy, "energies": out[K.ATOMIC_ENERGY],
+                        "forces": out[K.FORCES]}
+        if want_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][0])
+        if self.committee:
+            outs = [out if m is self.model else self._evaluate(m, atoms, False) for m in self.committee]
+            energies = np.array([o[K.ENERGY][0] for o in outs])
+            forces = np.stack([o[K.FORCES] for o in outs])  # (M, N, 3)
+            dev = forces - forces.mean(0)
+            forces_std = np.sqrt((dev**2).sum(-1).mean(0))
+            self.results["energy_std"] = float(energies.std())
+            self.results["forces_std"] = forces_std
+            self.results["max_force_std"] = float(forces_std.max()) if len(forces_std) else 0.0

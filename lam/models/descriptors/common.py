@@ -100,21 +100,18 @@ def dense_neighbors(
 
 
 def padded_softmax(logits: Tensor, sel: int, fill: float) -> Tensor:
-    """Softmax over the last axis as if it had ``sel`` entries, the absent ones holding ``fill``.
+    """Softmax over the last axis as if it had ``sel`` entries, the absent ones holding the logit ``fill``.
 
-    The padded (N, ..., nnei) layout has ``nnei <= sel`` columns; DeePMD-kit always pads to ``sel`` with
-    the logit ``-attnw_shift``, so each absent slot adds ``exp(fill)`` to the denominator. The max is
-    detached (it cancels analytically), so the function is twice differentiable.
+    The padded layout has ``nnei <= sel`` columns; DeePMD-kit always pads to ``sel`` with the logit
+    ``-attnw_shift``, so the absent slots add ``(sel - nnei) exp(fill)`` to the denominator: one extra column
+    holding ``fill + log(sel - nnei)`` reproduces that exactly with PyTorch's fused softmax.
     """
-    n_missing = sel - logits.shape[-1]
-    m = logits.detach().amax(dim=-1, keepdim=True)
-    if n_missing > 0:
-        m = m.clamp(min=fill)
-    e = torch.exp(logits - m)
-    denom = e.sum(dim=-1, keepdim=True)
-    if n_missing > 0:
-        denom = denom + n_missing * torch.exp(fill - m)
-    return e / denom
+    nnei = logits.shape[-1]
+    n_missing = sel - nnei
+    if n_missing <= 0:
+        return torch.softmax(logits, dim=-1)
+    pad = torch.full_like(logits[..., :1], fill + math.log(n_missing))
+    return torch.softmax(torch.cat([logits, pad], dim=-1), dim=-1)[..., :nnei]
 
 
 def _init_linear(layer: nn.Linear, bias_std: float = 1.0) -> None:

@@ -38,19 +38,32 @@ class GatedPairAttention(nn.Module):
         self.norm = nn.LayerNorm(ng2, eps=1e-5)
 
     def forward(self, g2: Tensor, h2: Tensor, sw: Tensor) -> Tensor:
+        """``g2`` (N, n, ng2), ``h2`` (N, n, 3), ``sw`` (N, n) -> attention update of g2 (N, n, ng2).
+
+        Computed without per-head permutes: with ``A_h = Wq_h^T Wk_h`` the logits of head ``h`` are
+        ``g2 A_h g2^T`` and, with ``B_h = Wo_h Wv_h``, the output is ``sum_{h,k} w_{jhk} B_h g2_k``; both are
+        one batched matmul over the (query, head) or (head, key) axes laid out contiguously.
+        """
         n_atoms, nnei, ng2 = g2.shape
         h, d = self.nhead, self.hidden
-        qk = self.mapqk(g2).view(n_atoms, nnei, 2, h, d).permute(2, 0, 3, 1, 4)  # (2, N, h, n, d)
-        logits = torch.matmul(qk[0], qk[1].transpose(-1, -2)) / math.sqrt(d)  # (N, h, n, n)
-        hh = torch.bmm(h2, h2.transpose(1, 2)).unsqueeze(1)  # (N, 1, n, n)
-        if self.has_gate:
-            logits = logits * hh
-        sw2 = (sw.unsqueeze(-1) * sw.unsqueeze(-2)).unsqueeze(1)  # (N, 1, n, n)
-        logits = (logits + self.shift) * sw2 - self.shift
-        w = padded_softmax(logits, self.sel, -self.shift) * sw2 * (hh / math.sqrt(3.0))
-        v = self.mapv(g2).view(n_atoms, nnei, h, ng2).transpose(1, 2)  # (N, h, n, ng2)
-        out = torch.matmul(w, v).transpose(1, 2).reshape(n_atoms, nnei, h * ng2)
-        return self.norm(self.head_map(out))
+        wqk = self.mapqk.weight.view(2, h, d, ng2)
+        a_all = torch.matmul(wqk[0].transpose(1, 2), wqk[1])  # (h, ng2, ng2): A_h = Wq_h^T Wk_h
+        p = torch.matmul(g2, a_all.transpose(0, 1).reshape(ng2, h * ng2))  # (N, n, h*ng2)
+        raw = torch.bmm(p.view(n_atoms, nnei * h, ng2), g2.transpose(1, 2))  # (N, n*h, n): [j, h, k]
+        raw = raw.view(n_atoms, nnei, h, nnei)
+        sw2 = (sw.unsqueeze(-1) * sw.unsqueeze(-2)).unsqueeze(2)  # (N, n, 1, n)
+        hh = torch.bmm(h2, h2.transpose(1, 2)).unsqueeze(2)  # (N, n, 1, n)
+        # smooth logits (a * gate + shift) * sw_j sw_k - shift, as one fused multiply-add
+        scale = sw2 * (hh if self.has_gate else 1.0) / math.sqrt(d)
+        logits = torch.addcmul(self.shift * (sw2 - 1.0), raw, scale)
+        w = padded_softmax(logits, self.sel, -self.shift)  # over sel slots; absent ones hold -shift
+        w = w * (sw2 * hh / math.sqrt(3.0))  # (N, n, h, n)
+        wv = self.mapv.weight.view(h, ng2, ng2)
+        wo = self.head_map.weight.view(ng2, h, ng2).transpose(0, 1)  # (h, out, c)
+        b_all = torch.matmul(wo, wv)  # (h, out, in): B_h = Wo_h Wv_h
+        u = torch.matmul(g2.unsqueeze(1), b_all.transpose(1, 2))  # (N, h, n, ng2)
+        out = torch.bmm(w.reshape(n_atoms, nnei, h * nnei), u.view(n_atoms, h * nnei, ng2))
+        return self.norm(out + self.head_map.bias)
 
 
 class LocalAttention(nn.Module):
@@ -64,17 +77,26 @@ class LocalAttention(nn.Module):
         self.head_map = make_linear(ng1 * nhead, ng1)
 
     def forward(self, g1: Tensor, gg1: Tensor, sw: Tensor) -> Tensor:
-        n_atoms, nnei, _ = gg1.shape
+        """Query ``g1`` (N, ng1), neighbour features ``gg1`` (N, n, ng1), ``sw`` (N, n) -> (N, ng1).
+
+        Keys and values are never materialised per neighbour: the logits are ``(A_h^T g1_i) . g1_j`` with
+        ``A_h = Wk_h^T Wq_h`` and the output ``sum_h (Wo_h Wv_h) (sum_j w_hj g1_j)``.
+        """
+        n_atoms, nnei, ng1 = gg1.shape
         h, d = self.nhead, self.hidden
-        q = self.mapq(g1).view(n_atoms, h, 1, d)
-        kv = self.mapkv(gg1).view(n_atoms, nnei, h, d + self.ng1).transpose(1, 2)  # (N, h, n, d+ng1)
-        k, v = kv[..., :d], kv[..., d:]
-        logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)  # (N, h, 1, n)
-        s = sw.view(n_atoms, 1, 1, nnei)
+        wq = self.mapq.weight.view(h, d, ng1)
+        wkv = self.mapkv.weight.view(h, d + ng1, ng1)
+        a_all = torch.matmul(wq.transpose(1, 2), wkv[:, :d])  # (h, ng1, ng1) = Wq_h^T Wk_h
+        p = torch.matmul(g1.unsqueeze(1).unsqueeze(1), a_all).squeeze(2)  # (N, h, ng1)
+        logits = torch.bmm(p, gg1.transpose(1, 2)) / math.sqrt(d)  # (N, h, n)
+        s = sw.unsqueeze(1)
         logits = (logits + self.shift) * s - self.shift
-        w = padded_softmax(logits, self.sel, -self.shift) * s
-        out = torch.matmul(w, v).reshape(n_atoms, h * self.ng1)
-        return self.head_map(out)
+        w = padded_softmax(logits, self.sel, -self.shift)
+        z = torch.bmm(w * s, gg1)  # (N, h, ng1)
+        wo = self.head_map.weight.view(ng1, h, ng1).transpose(0, 1)  # (h, out, c)
+        b_all = torch.matmul(wo, wkv[:, d:])  # (h, out, in)
+        out = torch.einsum("nhc,hoc->no", z, b_all)
+        return out + self.head_map.bias
 
 
 class RepformerLayer(nn.Module):
@@ -111,9 +133,10 @@ class RepformerLayer(nn.Module):
         g2_sw = g2 * sw_
         # conv: sum_j sw (W g2_ij) * g1_j / sel
         conv = (self.proj_g2g1(g2) * gg1_sw).sum(dim=1) / self.sel
-        # grrg and drrd share one batched matmul: h2^T [sw g2, sw g1_j] / sqrt(sel)
-        hg = torch.bmm(h2.transpose(1, 2), torch.cat([g2_sw, gg1_sw], dim=-1)) / math.sqrt(self.sel)
-        hg2, hg1 = hg[..., :ng2], hg[..., ng2:]
+        # grrg and drrd: H = h2^T (sw g) / sqrt(sel), then H_<^T H / 3
+        h2t = h2.transpose(1, 2) / math.sqrt(self.sel)
+        hg2 = torch.bmm(h2t, g2_sw)
+        hg1 = torch.bmm(h2t, gg1_sw)
         grrg = torch.bmm(hg2[..., : self.axis].transpose(1, 2), hg2) / 3.0
         drrd = torch.bmm(hg1[..., : self.axis].transpose(1, 2), hg1) / 3.0
         mlp = torch.tanh(self.linear1(torch.cat([grrg.reshape(n_atoms, -1), drrd.reshape(n_atoms, -1)], -1)))

@@ -102,6 +102,5 @@ class RepinitThreeBody(nn.Module):
             w_s, t_a, t_b = _split_first_layer(self.net, tebd_table, 1)
             pre = e.unsqueeze(-1) * w_s + t_a[type_dense].unsqueeze(2) + t_b[type_dense].unsqueeze(1)
             gg = _rest_of_net(self.net, pre, None)
-        n_atoms = e.shape[0]
-        res = torch.bmm(e.reshape(n_atoms, 1, -1), gg.reshape(n_atoms, -1, gg.shape[-1])).squeeze(1)
+        res = (gg * e.unsqueeze(-1)).sum(dim=(1, 2))
         return res / float(self.sel * self.sel)

@@ -66,27 +66,41 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 class SeenFramesRecorder(L.Callback):
-    """Records the ``sample_id`` of every training frame this rank saw; writes ``<dir>/rank<r>.json`` at the end.
+    """Appends one JSON line per training step to ``<dir>/rank<r>.jsonl``: step, frame ids seen, loss, pid.
 
-    The file also holds the digest of the final weights, so a test (or a suspicious user) can check that
-    DDP ranks saw different frames and ended with identical weights.
+    At the end of training it writes ``<dir>/rank<r>_final.json`` with the digest of the final weights, so a
+    test (or a suspicious user) can check that DDP ranks saw different frames and ended with identical
+    weights, and that a resumed run repeats the uninterrupted run's losses. Lines are flushed as they are
+    written, so a killed run keeps its record.
     """
 
     def __init__(self, directory: str) -> None:
         self.directory = Path(directory)
-        self.steps: list[dict[str, Any]] = []
+        self._ids: list[int] = []
+        self._step = 0
+
+    def _path(self, trainer: L.Trainer, suffix: str) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self.directory / f"rank{trainer.global_rank}{suffix}"
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        ids = batch["sample_id"].reshape(-1).tolist() if "sample_id" in batch else []
-        self.steps.append({"step": int(trainer.global_step), "sample_ids": ids})
+        self._ids = batch["sample_id"].reshape(-1).tolist() if "sample_id" in batch else []
+        self._step = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        record = {"step": self._step, "sample_ids": self._ids, "pid": os.getpid(),
+                  "loss": None if loss is None else float(loss.detach())}
+        with self._path(trainer, ".jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         model = getattr(pl_module, "model", pl_module)
-        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps,
-                  "weights_sha256": weights_digest(model)}
-        (self.directory / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size,
+                  "global_step": trainer.global_step, "weights_sha256": weights_digest(model)}
+        self._path(trainer, "_final.json").write_text(json.dumps(record))
 
 
 class ValidationHistory(L.Callback):

@@ -129,6 +129,11 @@ class PotentialModule(L.LightningModule):
             self.log("train/nonfinite_skips", float(self.nonfinite_total), batch_size=n_graphs)
             # A zero that reaches every parameter, so that a distributed backward still completes.
             return sum((p.sum() * 0.0 for p in self.model.parameters() if p.requires_grad), torch.zeros(()))
+        if self.trainer.world_size > 1:
+            # Heads absent from this rank's batch get no gradient; DDP needs every parameter in the graph.
+            # A zero through each parameter gives them a zero gradient (what find_unused_parameters would do).
+            loss = loss + sum((p.reshape(-1)[:1].sum() * 0.0 for p in self.model.parameters()
+                               if p.requires_grad), torch.zeros((), device=loss.device, dtype=loss.dtype))
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n_graphs)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=n_graphs)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else 0.0,

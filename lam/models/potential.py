@@ -121,7 +121,9 @@ class Potential(nn.Module):
     def cutoffs(self) -> list[float]:
         """Every cutoff the energy depends on (where smoothness must hold), ascending."""
         cuts = getattr(self.descriptor, "cutoffs", None)
-        cuts = list(cuts) if cuts is not None else [self.descriptor.rcut]
+        if cuts is None:  # DPA-2 keeps its per-block (rcut, rcut_smth, sel) in ``cut``
+            blocks = getattr(self.descriptor, "cut", None)
+            cuts = [v[0] for v in blocks.values()] if isinstance(blocks, dict) else [self.descriptor.rcut]
         return sorted({float(c) for c in cuts})
 
     @property

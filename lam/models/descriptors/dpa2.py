@@ -162,8 +162,7 @@ class DPA2Descriptor(nn.Module):
         # repinit two-body
         nb = layout("repinit")
         env, _ = self._env("repinit", nb, edge_index, edge_vec, types)
-        type_j, type_i = types[edge_index[1, nb.edge]], types[edge_index[0, nb.edge]]
-        feats = [self.repinit(env, type_j, type_i, tebd, lambda x: nb.scatter(x, n_atoms))]
+        feats = [self.repinit(nb.scatter(env, n_atoms), types[nb.index], types, tebd)]
         # repformer layout (and the three-body block, which shares it when cutoffs agree)
         nb4 = layout("repformer")
         env4, sw4 = self._env("repformer", nb4, edge_index, edge_vec, types)
@@ -174,8 +173,7 @@ class DPA2Descriptor(nn.Module):
                 env3 = env4
             else:
                 env3, _ = self._env("three_body", nb3, edge_index, edge_vec, types)
-            type3 = types[nb3.index]
-            feats.append(self.three_body(nb3.scatter(env3, n_atoms), type3, tebd))
+            feats.append(self.three_body(nb3.scatter(env3, n_atoms), types[nb3.index], nb3.mask, tebd))
         g1 = torch.tanh(self.g1_transform(torch.cat(feats, dim=-1)))
         env4 = nb4.scatter(env4, n_atoms)
         sw4 = nb4.scatter(sw4, n_atoms)

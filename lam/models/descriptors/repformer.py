@@ -129,14 +129,13 @@ class RepformerLayer(nn.Module):
         n_atoms, nnei, ng2 = g2.shape
         gg1 = g1[index]  # (N, n, ng1)
         sw_ = sw.unsqueeze(-1)
-        gg1_sw = gg1 * sw_
         g2_sw = g2 * sw_
-        # conv: sum_j sw (W g2_ij) * g1_j / sel
-        conv = (self.proj_g2g1(g2) * gg1_sw).sum(dim=1) / self.sel
-        # grrg and drrd: H = h2^T (sw g) / sqrt(sel), then H_<^T H / 3
+        # conv: sum_j (W sw g2_ij) * g1_j / sel  (W has no bias, so sw moves onto the narrow g2)
+        conv = (self.proj_g2g1(g2_sw) * gg1).sum(dim=1) / self.sel
+        # grrg and drrd: H = h2^T (sw g) / sqrt(sel), then H_<^T H / 3 (sw moves onto h2 for drrd)
         h2t = h2.transpose(1, 2) / math.sqrt(self.sel)
         hg2 = torch.bmm(h2t, g2_sw)
-        hg1 = torch.bmm(h2t, gg1_sw)
+        hg1 = torch.bmm(h2t * sw.unsqueeze(1), gg1)
         grrg = torch.bmm(hg2[..., : self.axis].transpose(1, 2), hg2) / 3.0
         drrd = torch.bmm(hg1[..., : self.axis].transpose(1, 2), hg1) / 3.0
         mlp = torch.tanh(self.linear1(torch.cat([grrg.reshape(n_atoms, -1), drrd.reshape(n_atoms, -1)], -1)))
@@ -153,5 +152,5 @@ class RepformerLayer(nn.Module):
             g2_new = g2_new + r2[k] * self.attn2(g2, h2, sw)
             k += 1
         if self.proj_g1g1 is not None:
-            g2_new = g2_new + r2[k] * self.proj_g1g1(g1.unsqueeze(1) * gg1_sw)
+            g2_new = g2_new + r2[k] * self.proj_g1g1(g1.unsqueeze(1) * (gg1 * sw_))
         return g1_new, g2_new

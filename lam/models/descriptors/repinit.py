@@ -59,22 +59,23 @@ class RepinitTwoBody(nn.Module):
         self.sel = sel
         self.dim_out = neuron[-1] * axis_neuron
 
-    def forward(self, env: Tensor, type_j: Tensor, type_i: Tensor, tebd_table: Tensor,
-                scatter) -> Tensor:
-        """``env`` (M, 4) of the kept edges, ``type_j``/``type_i`` (M,); ``scatter`` maps (M, F) to the
-        padded (N, nnei, F) layout. Returns (N, dim_out)."""
-        s = env[:, :1]
+    def forward(self, env_dense: Tensor, type_dense: Tensor, types: Tensor, tebd_table: Tensor) -> Tensor:
+        """``env_dense`` (N, n, 4) zero-padded environment matrix, ``type_dense`` (N, n) neighbour types,
+        ``types`` (N,) centre types. Returns (N, dim_out).
+
+        The embedding runs on the padded layout: empty slots have ``R = 0`` and so contribute nothing
+        (and receive no gradient), which is cheaper than scattering per-edge embeddings into it.
+        """
+        s = env_dense[..., :1]
         if _needs_input_for_skip(self.net):
-            x0 = torch.cat([s, tebd_table[type_j], tebd_table[type_i]], dim=-1)
-            gg = self.net(x0)
+            n = env_dense.shape[1]
+            t_i = tebd_table[types].unsqueeze(1).expand(-1, n, -1)
+            gg = self.net(torch.cat([s, tebd_table[type_dense], t_i], dim=-1))
         else:
             w_s, t_a, t_b = _split_first_layer(self.net, tebd_table, 1)
-            pre = s * w_s + t_a[type_j] + t_b[type_i]
+            pre = torch.addcmul(t_a[type_dense] + t_b[types].unsqueeze(1), s, w_s)
             gg = _rest_of_net(self.net, pre, None)
-        # (N, 4, ng) = R^T G / sel, via the padded layout and one batched matmul
-        g_dense = scatter(gg)
-        r_dense = scatter(env)
-        xyz = torch.bmm(r_dense.transpose(1, 2), g_dense) / self.sel
+        xyz = torch.bmm(env_dense.transpose(1, 2), gg) / self.sel  # (N, 4, ng) = R^T G / sel
         d = torch.bmm(xyz.transpose(1, 2), xyz[:, :, : self.axis_neuron])
         return d.reshape(d.shape[0], -1)
 
@@ -85,22 +86,46 @@ class RepinitThreeBody(nn.Module):
     def __init__(self, tebd_dim: int, neuron: list[int], sel: int) -> None:
         super().__init__()
         self.net = EmbeddingNet(1 + 2 * tebd_dim, list(neuron))
+        if _needs_input_for_skip(self.net):
+            raise ValueError(f"three-body neuron[0]={neuron[0]} must differ from the input width "
+                             f"{1 + 2 * tebd_dim} and twice it (no skip on the first layer)")
         self.sel = sel
         self.dim_out = neuron[-1]
 
-    def forward(self, env_dense: Tensor, type_dense: Tensor, tebd_table: Tensor) -> Tensor:
-        """``env_dense`` (N, n, 4) zero-padded, ``type_dense`` (N, n) neighbour types. Returns (N, dim_out)."""
+    def forward(self, env_dense: Tensor, type_dense: Tensor, mask: Tensor, tebd_table: Tensor) -> Tensor:
+        """``env_dense`` (N, n, 4) zero-padded, ``type_dense`` (N, n) neighbour types, ``mask`` (N, n) real
+        slots. Returns (N, dim_out).
+
+        The embedding only runs on the pairs ``(j, k)`` of real neighbours (a flat list of
+        ``sum_i n_i^2`` rows rather than ``N n^2`` padded ones).
+        """
+        n_atoms, nnei, _ = env_dense.shape
         a = env_dense[..., 1:]
-        e = torch.bmm(a, a.transpose(1, 2))  # (N, n, n)
-        if _needs_input_for_skip(self.net):
-            n = e.shape[1]
-            t = tebd_table[type_dense]
-            x0 = torch.cat([e.unsqueeze(-1), t.unsqueeze(2).expand(-1, -1, n, -1),
-                            t.unsqueeze(1).expand(-1, n, -1, -1)], dim=-1)
-            gg = self.net(x0)
-        else:
-            w_s, t_a, t_b = _split_first_layer(self.net, tebd_table, 1)
-            pre = e.unsqueeze(-1) * w_s + t_a[type_dense].unsqueeze(2) + t_b[type_dense].unsqueeze(1)
-            gg = _rest_of_net(self.net, pre, None)
-        res = (gg * e.unsqueeze(-1)).sum(dim=(1, 2))
-        return res / float(self.sel * self.sel)
+        e_dense = torch.bmm(a, a.transpose(1, 2))  # (N, n, n)
+        atom, j, k = torch.nonzero(mask.unsqueeze(2) & mask.unsqueeze(1), as_tuple=True)
+        e = e_dense[atom, j, k]  # (T,)
+        nt = tebd_table.shape[0]
+        first = self.net.layers[0]
+        dim = tebd_table.shape[1]
+        # channel-first (C, T) layout: the widths are tiny and T is long, so every op streams along T
+        w = first.weight
+        table = (tebd_table @ w[:, 1 : 1 + dim].t() + first.bias).unsqueeze(1) \
+            + (tebd_table @ w[:, 1 + dim : 1 + 2 * dim].t()).unsqueeze(0)  # (nt, nt, H)
+        ptype = type_dense[atom, j] * nt + type_dense[atom, k]
+        x = torch.addcmul(table.reshape(nt * nt, -1).t()[:, ptype], w[:, :1], e.unsqueeze(0))
+        x = self._activate(0, x, x)
+        for i in range(1, len(self.net.layers)):
+            layer = self.net.layers[i]
+            x = self._activate(i, x, torch.addmm(layer.bias.unsqueeze(1), layer.weight, x))
+        res = x.new_zeros(x.shape[0], n_atoms).index_add(1, atom, x * e.unsqueeze(0))
+        return res.t() / float(self.sel * self.sel)
+
+    def _activate(self, i: int, x: Tensor, pre: Tensor) -> Tensor:
+        """tanh plus DeePMD's skip in the channel-first layout."""
+        y = torch.tanh(pre)
+        n_in, n_out = self.net.layers[i].in_features, self.net.layers[i].out_features
+        if n_out == n_in:
+            y = y + x
+        elif n_out == 2 * n_in:
+            y = y + torch.cat([x, x], dim=0)
+        return y

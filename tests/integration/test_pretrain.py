@@ -94,7 +94,7 @@ def test_export_metadata_and_lam_load(demo_run):
 
 def test_load_never_unpickles_and_checks_format_version(tmp_path, monkeypatch):
     model = lam.build_model("small", type_map=["H", "O"], heads=["a", "b"], repformer_nlayers=1, g1_dim=8,
-                            g2_dim=8, repinit_neuron=[4, 8], fitting_neurons=[8])
+                            g2_dim=8, repinit_neuron=[4, 16], fitting_neurons=[8])
     model.set_element_energies("b", {"H": -13.6, "O": -2041.0})
     export_model(model, tmp_path / "m", config={"note": "test"})
 
@@ -162,3 +162,71 @@ def test_sampler_weights_mix_heads_and_pack_atoms():
     batch = next(iter(loader))
     assert int((batch.ptr[1:] - batch.ptr[:-1]).sum()) <= 60
     assert set(batch.head.tolist()) <= {0, 1}
+
+
+class _Poisoned(torch.nn.Module):
+    """The real potential, whose energies turn NaN while ``poison`` is set (to exercise the NaN guard)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = model
+        self.poison = False
+
+    @property
+    def head_names(self) -> list[str]:
+        return self.inner.head_names
+
+    def forward(self, batch, **kwargs):
+        out = self.inner(batch, **kwargs)
+        if self.poison:
+            out = {**out, "energy": out["energy"] * float("nan")}
+        return out
+
+
+def _water_module(tmp_path: Path, max_nonfinite: int):
+    import lightning as L
+
+    from lam.data.formats.deepmd_npy import read_deepmd
+    from lam.data.formats.h5 import write_h5
+    from lam.train.module import PotentialModule
+
+    h5 = tmp_path / "water.h5"
+    write_h5(h5, list(read_deepmd(ROOT / "tests/data/deepmd_water_64h2o"))[:12], functional="unknown", head="w")
+    model = lam.build_model("small", type_map=["H", "O"], heads=["w"], repformer_nlayers=1, g1_dim=8, g2_dim=8,
+                            repinit_neuron=[4, 16], fitting_neurons=[8], repinit_sel=60, repformer_sel=30,
+                            three_body_sel=20)
+    poisoned = _Poisoned(model)
+    dm = MultiHeadDataModule([{"path": str(h5), "head": "w"}], cutoff=model.rcut, head_names=["w"],
+                             batch_size=1, val_fraction=0.0)
+    module = PotentialModule(poisoned, optimizer={"lr": 1e-3}, max_nonfinite_steps=max_nonfinite)
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, inference_mode=False, use_distributed_sampler=False,
+                        limit_val_batches=0, enable_model_summary=False)
+    return poisoned, module, dm, trainer
+
+
+def test_nonfinite_loss_skips_the_step_then_aborts(tmp_path):
+    import lightning as L
+
+    from lam.train.module import NonFiniteLossError
+
+    poisoned, module, dm, trainer = _water_module(tmp_path, max_nonfinite=3)
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Poison(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            poisoned.poison = trainer.global_step in (2, 3)
+            snapshots[trainer.global_step] = {k: v.clone() for k, v in poisoned.state_dict().items()}
+
+    trainer.callbacks.append(Poison())
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 6 and module.nonfinite_total == 2 and module.nonfinite_in_a_row == 0
+    for k in snapshots[2]:  # steps 2 and 3 were skipped: the weights did not move
+        assert torch.equal(snapshots[2][k], snapshots[4][k]), k
+    assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[1])
+    assert all(torch.isfinite(v).all() for v in poisoned.state_dict().values())
+
+    poisoned, module, dm, trainer = _water_module(tmp_path, max_nonfinite=3)
+    poisoned.poison = True
+    with pytest.raises(NonFiniteLossError, match="3 optimiser steps in a row"):
+        trainer.fit(module, datamodule=dm)

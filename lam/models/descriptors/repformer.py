@@ -41,8 +41,8 @@ class GatedPairAttention(nn.Module):
         """``g2`` (N, n, ng2), ``h2`` (N, n, 3), ``sw`` (N, n) -> attention update of g2 (N, n, ng2).
 
         Computed without per-head permutes: with ``A_h = Wq_h^T Wk_h`` the logits of head ``h`` are
-        ``g2 A_h g2^T`` and, with ``B_h = Wo_h Wv_h``, the output is ``sum_{h,k} w_{jhk} B_h g2_k``; both are
-        one batched matmul over the (query, head) or (head, key) axes laid out contiguously.
+        ``g2_j A_h g2_k^T`` and, with ``B_h = Wo_h Wv_h``, the output is ``sum_h B_h (sum_k w_jhk g2_k)``; each
+        step is one matmul over contiguous (query, head) rows.
         """
         n_atoms, nnei, ng2 = g2.shape
         h, d = self.nhead, self.hidden
@@ -58,12 +58,12 @@ class GatedPairAttention(nn.Module):
         logits = torch.addcmul(self.shift * (sw2 - 1.0), raw, scale)
         w = padded_softmax(logits, self.sel, -self.shift)  # over sel slots; absent ones hold -shift
         w = w * (sw2 * hh / math.sqrt(3.0))  # (N, n, h, n)
+        z = torch.bmm(w.reshape(n_atoms, nnei * h, nnei), g2)  # (N, n*h, ng2): sum_k w_jhk g2_k
         wv = self.mapv.weight.view(h, ng2, ng2)
         wo = self.head_map.weight.view(ng2, h, ng2).transpose(0, 1)  # (h, out, c)
-        b_all = torch.matmul(wo, wv)  # (h, out, in): B_h = Wo_h Wv_h
-        u = torch.matmul(g2.unsqueeze(1), b_all.transpose(1, 2))  # (N, h, n, ng2)
-        out = torch.bmm(w.reshape(n_atoms, nnei, h * nnei), u.view(n_atoms, h * nnei, ng2))
-        return self.norm(out + self.head_map.bias)
+        b_cat = torch.matmul(wo, wv).transpose(1, 2).reshape(h * ng2, ng2)  # rows (h, in), cols out
+        out = torch.addmm(self.head_map.bias, z.view(n_atoms * nnei, h * ng2), b_cat)
+        return self.norm(out.view(n_atoms, nnei, ng2))
 
 
 class LocalAttention(nn.Module):

@@ -20,7 +20,8 @@ def __getattr__(name: str) -> Any:
 
         return LAMCalculator
     if name == "load":
-        from lam.checkpoint import load
+        # name | path | URL: resolved (downloaded, verified, cached) by the hub, then loaded without pickle
+        from lam.hub import load
 
         return load
     raise AttributeError(f"module 'lam' has no attribute {name!r}")

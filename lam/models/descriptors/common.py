@@ -150,8 +150,8 @@ class EmbeddingNet(nn.Module):
         n_in, n_out = self.layers[i].in_features, self.layers[i].out_features
         if n_out == n_in:
             y = y + x
-        elif n_out == 2 * n_in:  # y + [x, x] without materialising the concatenation
-            y = (y.unflatten(-1, (2, n_in)) + x.unsqueeze(-2)).flatten(-2)
+        elif n_out == 2 * n_in:
+            y = y + torch.cat([x, x], dim=-1)
         return y
 
 

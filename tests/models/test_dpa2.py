@@ -296,3 +296,23 @@ def test_water_medium_runs_and_is_smooth_in_float32():
     assert out.shape == (192, 136) and torch.isfinite(out).all() and torch.isfinite(g).all()
     # O and H environments are distinguished
     assert (out[types == 0].mean(0) - out[types == 1].mean(0)).abs().max() > 1e-3
+
+
+def test_env_stats_from_data_normalise_the_environment():
+    model = tiny_model()
+    pos, types = cluster(9)
+    ei, vec = all_pairs(pos)
+    before = model(types, ei, vec)
+    model.compute_env_stats([(types, ei, vec.detach())])
+    std = model.env_std_repinit
+    assert std.shape == (2, 2) and ((std > 0.01) & (std < 1.0)).all()
+    # radial RMS of type-0 centres by hand: sum of s(r)^2 over their neighbours within 6 Å / (centres * sel)
+    d = vec.detach().norm(dim=-1)
+    sw = smooth_switch(d, 0.5, 6.0)
+    sel_ = (types[ei[0]] == 0) & (d < 6.0)
+    expected = ((sw[sel_] / d[sel_]) ** 2).sum() / (int((types == 0).sum()) * 120)
+    torch.testing.assert_close(std[0, 0] ** 2, expected)
+    after = model(types, ei, vec)
+    assert (after - before).abs().max() > 1e-4
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(model(types, *all_pairs(pos @ q.T)), after)

@@ -188,12 +188,12 @@ class DPA2Descriptor(nn.Module):
     # ------------------------------------------------------------------ statistics
     @torch.no_grad()
     def compute_env_stats(self, samples: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-        """Set ``env_std_*`` from data, as DeePMD-kit does (mean fixed to zero).
+        """Set ``env_std_*`` from data (DeePMD-kit's environment statistics with the mean fixed to zero).
 
-        ``samples`` is a list of ``(types, edge_index, edge_vec)``. For each block and centre type the radial
-        std is ``sqrt(sum s^2 / (n_centres * sel))`` and the angular one the same over the three direction
-        columns divided by 3, zero-padded slots included (DeePMD-kit's convention); a type with no samples
-        keeps 1.
+        ``samples`` is a list of ``(types, edge_index, edge_vec)``. For each block and centre type the scale
+        is the root mean square of the radial column ``s(r)`` and of the three direction columns over
+        ``sel`` slots per centre (empty slots count as zeros, as in DeePMD-kit's padded layout). Call it once
+        on a sample of the training data before training; a type with no samples keeps 1.
         """
         for block in _ENV_BLOCKS:
             rcut, rsmth, sel = self.cut[block]

@@ -156,7 +156,11 @@ class EmbeddingNet(nn.Module):
 
 
 class TypeEmbedding(nn.Module):
-    """Type embedding ``tanh(W[type])`` (DeePMD-kit's one-layer type embedding net without bias)."""
+    """Type embedding ``tanh(W[type])`` (DeePMD-kit's one-layer type embedding net without bias).
+
+    As DeePMD-kit's embedding layers, it adds its one-hot input back when ``dim`` equals ``ntypes`` (or
+    twice it, concatenated twice).
+    """
 
     def __init__(self, ntypes: int, dim: int) -> None:
         super().__init__()
@@ -164,7 +168,12 @@ class TypeEmbedding(nn.Module):
 
     def table(self) -> Tensor:
         """(ntypes, dim) embedding of every type."""
-        return torch.tanh(self.weight)
+        ntypes, dim = self.weight.shape
+        y = torch.tanh(self.weight)
+        if dim in (ntypes, 2 * ntypes):
+            eye = torch.eye(ntypes, dtype=y.dtype, device=y.device)
+            y = y + (eye if dim == ntypes else torch.cat([eye, eye], dim=1))
+        return y
 
     def forward(self, types: Tensor) -> Tensor:
         return self.table()[types]

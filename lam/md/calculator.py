@@ -3,7 +3,10 @@
 Results: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``energies`` (per atom), ``stress`` (ASE sign,
 eV/Å^3, Voigt order xx yy zz yz xz xy; periodic cells only) and, with a committee, ``energy_std`` (eV),
 ``forces_std`` (N,) per-atom force deviation ``sqrt(<|F_i - <F_i>|^2>)`` and ``max_force_std`` (its maximum,
-DeePMD's ε_F). The neighbour list is rebuilt on every call with vesin (:mod:`lam.data.neighbors`).
+DeePMD's ε_F). For a model with a direct-force head, ``direct_forces`` (N, 3) is the head's non-conservative
+force: asked for alone it costs one descriptor pass without any backward pass (the fast force of multiple
+time stepping); asked for together with ``forces`` both come from one pass. The neighbour list is rebuilt on
+every call with vesin (:mod:`lam.data.neighbors`).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ class LAMCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_std",
-                              "forces_std", "max_force_std"]
+                              "forces_std", "max_force_std", "direct_forces"]
 
     def __init__(self, model: Potential, head: str | None = None, committee: list[Potential] | None = None,
                  device: torch.device | str | None = None, **kwargs: Any) -> None:
@@ -95,25 +98,47 @@ class LAMCalculator(Calculator):
                 raise ValueError(f"committee member lacks head {head!r} (it has {m.head_names})")
         self.committee = members
 
-    def _evaluate(self, model: Potential, atoms: Atoms, stress: bool) -> dict[str, np.ndarray]:
+    def _evaluate(self, model: Potential, atoms: Atoms, stress: bool, direct: bool = False
+                  ) -> dict[str, np.ndarray]:
         cutoff = model.rcut
         batch = atoms_to_batch([atoms], cutoff, head=model.head_names.index(self.head), dtype=model.dtype,
                                device=self.device)
-        out = model(batch, compute_forces=True, compute_virial=stress)
+        out = model(batch, compute_forces=True, compute_virial=stress, compute_direct=direct)
         return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
+
+    @property
+    def has_direct_forces(self) -> bool:
+        """Whether the model has a direct-force head (so ``direct_forces`` can be computed)."""
+        return getattr(self.model, "direct_force_head", None) is not None
+
+    def _evaluate_direct(self, atoms: Atoms) -> np.ndarray:
+        """Direct forces alone: one descriptor pass, no autograd graph."""
+        batch = atoms_to_batch([atoms], self.model.rcut, head=self.model.head_names.index(self.head),
+                               dtype=self.model.dtype, device=self.device)
+        with torch.no_grad():
+            out = self.model(batch, compute_forces=False, compute_direct=True)
+        return out[K.DIRECT_FORCES].detach().cpu().double().numpy()
 
     def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
                   system_changes: Sequence[str] = all_changes) -> None:
-        """Compute energy, forces, (stress) and, with a committee, the deviations."""
+        """Compute energy, forces, (stress), (direct forces) and, with a committee, the deviations."""
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        want_direct = "direct_forces" in properties
+        if want_direct and not self.has_direct_forces:
+            raise PropertyNotImplementedError("direct_forces needs a model with a direct-force head")
+        if want_direct and set(properties) == {"direct_forces"}:
+            self.results = {"direct_forces": self._evaluate_direct(atoms)}
+            return
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
-        out = self._evaluate(self.model, atoms, want_stress)
+        out = self._evaluate(self.model, atoms, want_stress, direct=want_direct)
         energy = float(out[K.ENERGY][0])
         self.results = {"energy": energy, "free_energy": energy, "energies": out[K.ATOMIC_ENERGY],
                         "forces": out[K.FORCES]}
+        if want_direct:
+            self.results["direct_forces"] = out[K.DIRECT_FORCES]
         if want_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][0])
         if self.committee:

@@ -35,6 +35,8 @@ fi
 "$PY" -m pip install scikit-build-core dependency_groups setuptools_scm hatch-fancy-pypi-readme cmake ninja
 DP_ENABLE_TENSORFLOW=0 DP_ENABLE_PYTORCH=1 \
   "$PY" -m pip install --no-build-isolation --no-binary deepmd-kit deepmd-kit==3.2.0
+# deepmd.pt imports e3nn at import time (its "torch" extra; the other extras are not needed here)
+"$PY" -m pip install "e3nn>=0.5.9"
 
 "$PY" - <<'EOF'
 import torch

@@ -46,7 +46,8 @@ def test_water_frames(bench: ModuleType) -> None:
 def test_run_case_tiny(bench: ModuleType, preset: str) -> None:
     res = bench.run_case(preset, "float32", 24, repeats=1, warmup=0, device="cpu")
     assert res["n_atoms"] == 24 and res["params"] > 10_000 and res["edges"] > 24
-    for key in ("infer_e2e_ms", "infer_model_ms", "train_ms", "infer_e2e_us_atom", "train_us_atom"):
+    for key in ("infer_e2e_ms", "infer_model_ms", "infer_e2e_cpu_ms", "train_ms", "train_cpu_ms", "infer_e2e_us_atom",
+                "train_us_atom"):
         assert math.isfinite(res[key]) and res[key] > 0, key
     assert res["infer_e2e_ms"] >= res["infer_model_ms"]  # e2e contains the model call of the same step
     assert res["infer_e2e_us_atom"] == pytest.approx(1e3 * res["infer_e2e_ms"] / 24)
@@ -82,10 +83,10 @@ def test_deepmd_configs_match_lam_presets(bench: ModuleType) -> None:
 
 def _row(code: str, preset: str, n: int, ms: float) -> dict:
     row = {"code": code, "preset": preset, "dtype": "float32", "n_atoms": n, "params": 1000,
-           "infer_e2e_ms": ms, "infer_model_ms": 0.8 * ms, "infer_mem_mb": 1.0,
+           "infer_e2e_ms": ms, "infer_model_ms": 0.8 * ms, "infer_e2e_cpu_ms": 0.5 * ms, "infer_mem_mb": 1.0,
            "infer_e2e_us_atom": 1e3 * ms / n, "infer_model_us_atom": 0.8e3 * ms / n}
     if code == "lam":
-        row.update(train_ms=3 * ms, train_us_atom=3e3 * ms / n, train_mem_mb=2.0)
+        row.update(train_ms=3 * ms, train_cpu_ms=ms, train_us_atom=3e3 * ms / n, train_mem_mb=2.0)
     return row
 
 
@@ -97,10 +98,15 @@ def test_targets_and_table(bench: ModuleType) -> None:
     ]
     lines = bench.targets(results)
     text = "\n".join(lines)
-    assert "PASS 3.56x faster than DeePMD-kit" in text and "small float32 192 atoms e2e" in text
+    assert "PASS 3.56x faster than DeePMD-kit" in text and "small float32 192 atoms e2e wall" in text
     # 500 ms / 1536 vs 50 ms / 192: 1.25x per atom -> misses the 1.2x target
     assert any(x.startswith("FAIL per-atom cost 1536 / 192 atoms = 1.25") for x in lines)
     assert "SKIP vs DeePMD-kit medium float32 192 atoms" in text
     assert any(x.startswith("PASS student 37.5x faster than medium") for x in lines)
+    cpu_lines = bench.targets(results, "cpu")
+    assert not any(" model " in x for x in cpu_lines)  # no CPU time of the model-only part
+    assert any(x.startswith("PASS 3.56x faster than DeePMD-kit") and "e2e cpu" in x for x in cpu_lines)
+    with pytest.raises(ValueError, match="clock"):
+        bench.targets(results, "gpu")
     tab = bench.table(results).splitlines()
-    assert len(tab) == 2 + len(results) and tab[2].endswith("| 3.56x |")
+    assert len(tab) == 2 + len(results) and tab[2].endswith("| 3.56x (3.56x) |")

@@ -64,30 +64,84 @@ def _check_inputs(
     return pos, box, periodic
 
 
-def _vesin_box(box: np.ndarray, periodic: np.ndarray, where: str) -> np.ndarray:
-    """The box handed to vesin: the real cell along periodic directions, an orthonormal completion elsewhere.
+def _completed_box(box: np.ndarray, periodic: np.ndarray, where: str) -> np.ndarray:
+    """The periodic rows of ``box`` completed to a basis by orthonormal rows orthogonal to all of them.
 
-    Rows of non-periodic directions never enter an edge vector (their shifts are zero), so any vectors that
-    complete the periodic rows to a basis are valid; a completion avoids degenerate boxes (a zero third row of
-    a slab, for instance) that vesin would reject or crash on.
+    Rows of open directions never enter an edge vector (their shifts are zero), so any completion is valid;
+    an orthogonal one makes the coordinate along an open direction independent of the periodic ones.
     """
     n_periodic = int(periodic.sum())
     if n_periodic == 0:
-        return np.zeros((3, 3))
+        return np.eye(3)
     rows = box[periodic]
-    sv = np.linalg.svd(rows, compute_uv=False)
+    _, sv, vt = np.linalg.svd(rows, full_matrices=True)
     if sv.min() <= _DEGENERATE_RTOL * max(sv.max(), 1e-300):
         raise ValueError(
             f"{_prefix(where)}field 'cell' is degenerate along its periodic directions "
             f"(pbc={periodic.tolist()}, cell={box.tolist()}); periodic lattice vectors must be non-zero "
             "and linearly independent"
         )
-    if n_periodic == 3:
-        return box.copy()
-    _, _, vt = np.linalg.svd(rows, full_matrices=True)
     completed = box.copy()
     completed[~periodic] = vt[n_periodic:]
     return completed
+
+
+class _SearchGeometry(NamedTuple):
+    positions: np.ndarray
+    box: np.ndarray
+    periodic: np.ndarray
+    moved: bool  # positions were changed: recompute distances from the real ones
+
+
+def _search_geometry(pos: np.ndarray, box: np.ndarray, periodic: np.ndarray, cutoff: float, where: str):
+    """What vesin is asked to search, chosen so that it stays O(N) and never sees a pathological box.
+
+    vesin 0.6.2 takes time growing with the square of the extent along an open direction of a mixed-pbc
+    system (~20 s for two atoms 30,000 Å apart above a slab) and dies with SIGFPE for boxes or open extents
+    that are very elongated (its cap on the number of cells rounds a dimension to zero). So:
+
+    1. A periodic direction whose images are out of reach (face distance > atoms' extent + cutoff along its
+       normal) is treated as open: its shifts are zero anyway.
+    2. Along every open direction (orthogonal to the periodic rows), gaps between consecutive atoms wider
+       than ``2 * cutoff`` are shrunk to ``2 * cutoff``: atoms on either side of such a gap stay farther apart
+       than the cutoff, atoms on one side move rigidly together, and the extent is at most
+       ``2 * cutoff * N``.
+    3. With both periodic and open directions, the open ones get a fake periodic row of length
+       extent + ``2 * cutoff``, too long for any image to be within the cutoff, and vesin runs fully periodic.
+    """
+    rc2 = 2.0 * cutoff
+    periodic = periodic.copy()
+    completed = _completed_box(box, periodic, where)
+    if periodic.any():
+        inverse = np.linalg.inv(completed)
+        frac = pos @ inverse
+        heights = 1.0 / np.linalg.norm(inverse, axis=0)  # distances between opposite faces
+        spans = np.ptp(frac, axis=0) * heights
+        unreachable = periodic & (heights > spans + cutoff)
+        if unreachable.any():
+            periodic &= ~unreachable
+            completed = _completed_box(box, periodic, where)
+    if periodic.all():
+        return _SearchGeometry(pos, box, periodic, False)
+
+    search = pos
+    moved = False
+    fake = completed.copy()
+    for axis in np.flatnonzero(~periodic):
+        u = completed[axis]
+        coord = search @ u
+        order = np.argsort(coord, kind="stable")
+        excess = np.maximum(np.diff(coord[order]) - rc2, 0.0)
+        if excess.any():
+            delta = np.empty_like(coord)
+            delta[order] = -np.concatenate([[0.0], np.cumsum(excess)])
+            search = search + delta[:, None] * u
+            coord = coord + delta
+            moved = True
+        fake[axis] = u * (np.ptp(coord) + rc2)
+    if not periodic.any():
+        return _SearchGeometry(search, np.zeros((3, 3)), periodic, moved)
+    return _SearchGeometry(search, fake, np.ones(3, dtype=bool), moved)
 
 
 def _as_int64(x: np.ndarray) -> np.ndarray:
@@ -183,22 +237,27 @@ def neighbor_lists(
     rcs = [float(c) for c in np.atleast_1d(np.asarray(cutoffs, dtype=np.float64))]
     if not rcs or not all(np.isfinite(c) and c > 0 for c in rcs):
         raise ValueError(f"{_prefix(where)}cutoffs must be one or more positive finite numbers, got {cutoffs}")
-    vbox = _vesin_box(box, periodic, where)
     n_atoms = pos.shape[0]
     rc_max = max(rcs)
+    if n_atoms == 0:  # still validate the cell
+        _completed_box(box, periodic, where)
 
     if n_atoms == 0:
         edge_index = np.zeros((2, 0), dtype=np.int64)
         s = np.zeros((0, 3), dtype=np.int64)
         d = np.zeros(0, dtype=np.float64)
     else:
+        search = _search_geometry(pos, box, periodic, rc_max, where)
         calculator = vesin.NeighborList(cutoff=rc_max, full_list=True, n_threads=n_threads)
-        i, j, s, d = calculator.compute(pos, vbox, periodic, quantities="ijSd", copy=False)
+        i, j, s, d = calculator.compute(search.positions, search.box, search.periodic, quantities="ijSd", copy=False)
         # the sorted arrays are fresh copies, so vesin's buffers may be freed with `calculator`
         edge_index, s, d = _sorted_edges(i, j, s, d, n_atoms)
         del i, j, calculator
         if not periodic.all() and np.any(s[:, ~periodic]):  # vesin must never shift along an open direction
             raise RuntimeError(f"{_prefix(where)}vesin returned a shift along a non-periodic direction")
+        if search.moved:  # same pairs, but take the distances from the real positions
+            vec = pos[edge_index[1]] - pos[edge_index[0]] + s @ box
+            d = np.sqrt(np.einsum("ij,ij->i", vec, vec))
 
     full = NeighborList(edge_index=edge_index, shifts=s, distances=d)
     out = []

@@ -116,6 +116,46 @@ def test_mixed_pbc_matches_ase(pbc, cell) -> None:
     assert np.any(nl.shifts[:, np.array(pbc)] != 0)
 
 
+def _far_apart_cases() -> dict[str, tuple[np.ndarray, np.ndarray, object]]:
+    rng = np.random.default_rng(21)
+    near = rng.uniform(0, 3, (6, 3))
+    return {
+        # a pair of atoms far above a slab: vesin alone takes minutes or dies with SIGFPE here
+        "slab": (np.r_[near, [[0, 0, 1e6], [1, 1, 1e6 + 2]]], np.diag([3.0, 3.0, 0.0]), [True, True, False]),
+        "molecule": (np.r_[near, [[1e7, 0, 0], [1e7, 2, 0]]], np.zeros((3, 3)), False),
+        "wire": (
+            np.r_[near, [[0, 1e5, 1e5], [0, -3e4, 5]]],
+            np.array([[2.5, 0.3, 0], [0, 0, 0], [0, 0, 0]]),
+            [True, False, False],
+        ),
+        # periodic, but the images along c are out of reach of the cutoff (vacuum): treated as open
+        "vacuum": (near, np.diag([3.0, 3.0, 1e4]), True),
+        "tilted_vacuum": (near, np.array([[3.0, 0, 0], [1, 3, 0], [0.5, 0.5, 12.0]]), True),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_far_apart_cases()))
+def test_far_apart_atoms_and_vacuum_match_ase(name: str) -> None:
+    positions, cell, pbc = _far_apart_cases()[name]
+    nl = neighbor_list(positions, cell, pbc, 6.0)
+    assert_well_formed(nl, positions, cell)
+    assert_matches_ase(nl, positions, cell, pbc, 6.0)
+    far = np.arange(len(positions)) >= 6
+    if far.any():  # the two far atoms see each other and nothing else
+        pairs = nl.edge_index[:, far[nl.edge_index[0]]]
+        assert set(pairs[1].tolist()) == set(np.flatnonzero(far).tolist())
+
+
+def test_huge_vacuum_equals_open_direction() -> None:
+    """A 10^6 Å periodic cell along c (vesin alone dies with SIGFPE) gives the slab's edges."""
+    positions = np.random.default_rng(4).uniform(0, 3, (6, 3))
+    periodic = neighbor_list(positions, np.diag([3.0, 3.0, 1e6]), True, 6.0)
+    slab = neighbor_list(positions, np.diag([3.0, 3.0, 0.0]), [True, True, False], 6.0)
+    assert_matches_ase(slab, positions, np.diag([3.0, 3.0, 0.0]), [True, True, False], 6.0)
+    for a, b in zip(periodic, slab):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_two_cutoffs_are_ordered_subsets() -> None:
     rng = np.random.default_rng(3)
     cell = random_triclinic_cell(rng, 8.0)

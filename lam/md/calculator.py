@@ -72,13 +72,15 @@ class LAMCalculator(Calculator):
         committee: optional list of potentials; the deviation results are computed over the committee, with
             ``model`` included once (whether or not it is in the list).
         device: torch device (default: the model's).
+        compress: tabulate the descriptor's embedding for speed where supported (se_e2_a; see
+            ``Potential.compress``; training mode and saved weights are unaffected).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_std",
                               "forces_std", "max_force_std", "direct_forces"]
 
     def __init__(self, model: Potential, head: str | None = None, committee: list[Potential] | None = None,
-                 device: torch.device | str | None = None, **kwargs: Any) -> None:
+                 device: torch.device | str | None = None, compress: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if head is None:
             if len(model.head_names) > 1:
@@ -97,6 +99,9 @@ class LAMCalculator(Calculator):
             if head not in m.head_names:
                 raise ValueError(f"committee member lacks head {head!r} (it has {m.head_names})")
         self.committee = members
+        if compress:
+            for m in {id(m): m for m in [model, *members]}.values():
+                m.compress()
 
     def _evaluate(self, model: Potential, atoms: Atoms, stress: bool, direct: bool = False
                   ) -> dict[str, np.ndarray]:

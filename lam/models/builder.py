@@ -24,7 +24,7 @@ from lam.models.potential import Potential
 STUDENT_PRESET: dict[str, Any] = {
     "rcut": 5.0,
     "rcut_smth": 0.5,
-    "neurons": [16, 32, 64],
+    "neurons": [16, 32, 32],
     "axis_neuron": 8,
     "sel": 64,
     "activation": "tanh",

@@ -240,6 +240,15 @@ class Potential(nn.Module):
         return torch.zeros(num_graphs, dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ evaluation
+    def compress(self, **kwargs: Any) -> bool:
+        """Tabulate the descriptor's embedding for fast inference if it supports it (se_e2_a); returns
+        whether it did. Training mode is unaffected."""
+        fn = getattr(self.descriptor, "compress", None)
+        if fn is None:
+            return False
+        fn(**kwargs)
+        return True
+
     def compile_energy(self, method: str = "script", **compile_kwargs: Any) -> None:
         """Compile descriptor + heads for inference; forces and virial still come from autograd through it.
 

@@ -89,6 +89,7 @@ class ModelPhysicsTests:
 
     fd_step: float = 1e-4
     fd_rtol: float = 1e-6
+    compiled_rtol: float = 1e-10  # compiled vs eager; larger when eager runs a tabulated approximation
     n_atoms: int = 6
 
     def make_model(self, dtype: torch.dtype) -> Potential:
@@ -270,9 +271,9 @@ class ModelPhysicsTests:
         compiled.compile_energy()
         for _ in range(2):  # second call reuses the compiled graph
             ref, out = evaluate(model64, [cluster, periodic]), evaluate(compiled, [cluster, periodic])
-            np.testing.assert_allclose(out[K.ENERGY], ref[K.ENERGY], rtol=1e-12)
-            assert _rel(out[K.FORCES], ref[K.FORCES]) < 1e-10
-            assert _rel(out[K.VIRIAL], ref[K.VIRIAL]) < 1e-10
+            np.testing.assert_allclose(out[K.ENERGY], ref[K.ENERGY], rtol=self.compiled_rtol * 1e-2)
+            assert _rel(out[K.FORCES], ref[K.FORCES]) < self.compiled_rtol
+            assert _rel(out[K.VIRIAL], ref[K.VIRIAL]) < self.compiled_rtol
 
     def test_isolated_atom_gives_element_reference(self, model64: Potential) -> None:
         for h, name in enumerate(model64.head_names):

@@ -13,6 +13,7 @@ matmuls on neighbours padded per atom, ``(N, nnei)``, taken straight from the ce
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,43 @@ def padded_slots(centre: Tensor, n_atoms: int) -> tuple[Tensor, int]:
     return slot, int(counts.max().item())
 
 
+class _TabulatedEmbedding(torch.autograd.Function):
+    """G(s) from per-interval cubic coefficients; backward gives dL/ds = sum_m dL/dG_m * dG_m/ds.
+
+    ``table`` is (4, P, K, M): one contiguous table per cubic coefficient, so that every gather and every
+    Horner step runs on contiguous (E, M) tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, pair: Tensor, table: Tensor, s_step: float) -> Tensor:  # type: ignore[override]
+        _, n_pair, n_int, m = table.shape
+        x = s / s_step
+        k = x.floor().clamp_(0, n_int - 1)
+        t = (x - k).unsqueeze(-1)
+        rows = pair * n_int + k.long()
+        a, b, c, d = (table[i].view(n_pair * n_int, m).index_select(0, rows) for i in range(4))
+        g = d * t
+        g += c
+        g *= t
+        g += b
+        g *= t
+        g += a
+        if ctx.needs_input_grad[0]:  # dG/dt = b + t (2 c + 3 t d); 1 / s_step is applied in backward
+            d *= 3.0 * t
+            d += 2.0 * c
+            d *= t
+            d += b
+            ctx.save_for_backward(d)
+            ctx.s_step = s_step
+        return g
+
+    @staticmethod
+    def backward(ctx, grad_g: Tensor):  # type: ignore[override]
+        (dg_dt,) = ctx.saved_tensors
+        grad_s = torch.bmm(grad_g.unsqueeze(1), dg_dt.unsqueeze(2)).view(-1) / ctx.s_step
+        return grad_s, None, None, None
+
+
 class SeE2A(nn.Module):
     """DeepPot-SE two-body embedding descriptor with full (x, y, z) angular information.
 
@@ -56,6 +94,7 @@ class SeE2A(nn.Module):
     """
 
     __jit_unused_properties__ = ["cutoffs", "config"]
+    __jit_ignored_attributes__ = ["table", "table_stamp", "table_args"]
 
     def __init__(self, ntypes: int, rcut: float = 5.0, rcut_smth: float = 0.5,
                  neurons: Sequence[int] = (16, 32, 64), axis_neuron: int = 8, sel: int = 64,
@@ -81,6 +120,56 @@ class SeE2A(nn.Module):
         self.first_bias = nn.Parameter(torch.randn(npair, neurons[0]) * 0.1)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(neurons[:-1], neurons[1:]))
         self.act = make_activation(activation)
+        self.table: Tensor | None = None
+        self.table_step = 0.0
+        self.table_args = (0.5, 128)
+        self.table_stamp: tuple = ()
+
+    @torch.no_grad()
+    def compress(self, r_min: float = 0.5, n_intervals: int = 128) -> None:
+        """Tabulate the embedding net (DeePMD-kit's model compression) for fast inference.
+
+        Every type pair's net ``G(s)`` is replaced, in eval mode, by a cubic Hermite interpolant on
+        ``n_intervals`` uniform intervals of ``s`` in ``[0, s(r_min)]`` (values and exact slopes at the nodes,
+        from forward-mode AD in float64); pairs closer than ``r_min`` extrapolate the last cubic. Training
+        mode always runs the network. Call again after the weights change.
+        """
+        s_max = 1.0 / (r_min * self.env_std)
+        step = s_max / n_intervals
+        nodes = torch.arange(n_intervals + 1, dtype=torch.float64, device=self.first_weight.device) * step
+        ref = copy.deepcopy(self).double()
+        npair = self.ntypes * self.ntypes
+        values, slopes = [], []
+        for p in range(npair):
+            pair = torch.full_like(nodes, p, dtype=torch.long)
+            v, dv = torch.func.jvp(lambda x, pair=pair: ref.embedding(x, pair), (nodes,), (torch.ones_like(nodes),))
+            values.append(v)
+            slopes.append(dv * step)
+        v, dv = torch.stack(values), torch.stack(slopes)  # (P, K + 1, M)
+        v0, v1, d0, d1 = v[:, :-1], v[:, 1:], dv[:, :-1], dv[:, 1:]
+        coef = torch.stack([v0, d0, 3.0 * (v1 - v0) - 2.0 * d0 - d1, 2.0 * (v0 - v1) + d0 + d1])
+        self.table = coef.to(self.first_weight.dtype).contiguous()  # (4, P, K, M)
+        self.table_step = step
+        self.table_args = (r_min, n_intervals)
+        self.table_stamp = self._weights_stamp()
+
+    def _weights_stamp(self) -> tuple:
+        """Identity and in-place version of every embedding weight: changes whenever a weight changes."""
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.embedding_parameters())
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        return [self.first_weight, self.first_bias, *self.layers.parameters()]
+
+    @torch.jit.unused
+    def eager_embedding(self, s: Tensor, pair: Tensor) -> Tensor:
+        """The tabulated embedding in eval mode once compressed (re-tabulated first if a weight changed
+        since), else the network."""
+        if self.table is None or self.training:
+            return self.embedding(s, pair)
+        if self._weights_stamp() != self.table_stamp:
+            self.compress(*self.table_args)
+        table = self.table.to(device=s.device, dtype=s.dtype)
+        return _TabulatedEmbedding.apply(s, pair, table, self.table_step)
 
     @property
     def cutoffs(self) -> list[float]:
@@ -101,8 +190,8 @@ class SeE2A(nn.Module):
             y = self.act(layer(x))
             if y.shape[-1] == x.shape[-1]:
                 x = x + y
-            elif y.shape[-1] == 2 * x.shape[-1]:
-                x = y + torch.cat([x, x], dim=-1)
+            elif y.shape[-1] == 2 * x.shape[-1]:  # DeePMD's doubling skip: y + [x, x], without the cat
+                x = (y.view(y.shape[0], 2, x.shape[-1]) + x.unsqueeze(1)).view(y.shape[0], y.shape[-1])
             else:
                 x = y
         return x
@@ -118,11 +207,15 @@ class SeE2A(nn.Module):
         r = torch.sqrt(r2)
         s = smooth_switch(r, self.rcut_smth, self.rcut) / r / self.env_std
         env = torch.cat([s.unsqueeze(-1), (s / r).unsqueeze(-1) * edge_vec], dim=-1)  # (E, 4)
-        g = self.embedding(s, types[centre] * self.ntypes + types[neigh])  # (E, M)
+        pair = types[centre] * self.ntypes + types[neigh]
+        if torch.jit.is_scripting():
+            g = self.embedding(s, pair)  # (E, M)
+        else:
+            g = self.eager_embedding(s, pair)
         slot, nnei = padded_slots(centre, n_atoms)
         m = g.shape[-1]
-        env_pad = env.new_zeros(n_atoms, nnei, 4).index_put((centre, slot), env)
-        g_pad = g.new_zeros(n_atoms, nnei, m).index_put((centre, slot), g)
+        env_pad = env.new_zeros(n_atoms, nnei, 4).index_put_((centre, slot), env)
+        g_pad = g.new_zeros(n_atoms, nnei, m).index_put_((centre, slot), g)
         t = torch.bmm(env_pad.transpose(1, 2), g_pad) / self.sel  # (N, 4, M)
         d = torch.bmm(t.transpose(1, 2), t[:, :, : self.axis_neuron])  # (N, M, axis)
         return d.reshape(n_atoms, self.dim_out)

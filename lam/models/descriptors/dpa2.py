@@ -8,9 +8,16 @@ Pipeline for ``N`` atoms and a centre-sorted edge list (edges longer than a bloc
 3. ``repformer_nlayers`` repformer layers on ``repformer_rcut`` updating g1 / g2 (see ``repformer.py``);
 4. output: the last g1, concatenated with the type embedding when ``concat_output_tebd`` (DeePMD's default).
 
-Neighbours are handled in a padded ``(N, nnei)`` layout per cutoff, with ``nnei = min(sel, largest neighbour
-count in this batch)``; every normalisation uses the fixed ``sel`` (as DeePMD-kit, which always pads to
-``sel``), so an atom's features do not depend on the other atoms of the batch.
+Neighbour handling (chosen for speed): the centre-sorted edge list is turned, per cutoff, into a padded
+``(N, nnei)`` layout with ``nnei = min(sel, largest neighbour count in this batch)`` — slot of an edge =
+``centre * nnei + (edge rank - first edge of its centre)`` after an O(E) distance mask, plus a detached per-centre
+distance sort only when some atom has more than ``sel`` neighbours. Batched matmuls then do all the work
+(``R^T G``, grrg/drrd, attention) with no Python loop and no O(N^2) step; padding costs ~12 % (6 Å) to ~28 %
+(4 Å) extra rows on liquid water instead of the 35 %/86 % of DeePMD-kit's fixed ``sel`` padding. The three-body
+block runs on the flat list of real neighbour pairs. Every normalisation uses the fixed ``sel`` and the
+attention softmax counts the ``sel - nnei`` absent slots exactly (:func:`~.common.padded_softmax`), so the
+numbers equal DeePMD-kit's fixed-``sel`` formulas and an atom's features do not depend on the other atoms of
+the batch.
 
 Environment normalisation: DeePMD-kit divides the environment matrix by per-type standard deviations
 computed from data; here they are the buffers ``env_std_*`` (ntypes, 2: radial, angular), 1 by default,

@@ -7,6 +7,10 @@ Conventions (see :mod:`lam.data.keys`): ``edge_index[0]`` is the centre ``i``, `
 neighbour ``j``, the edge vector is ``r_ij = pos[j] - pos[i] + shifts @ cell`` and edges are sorted by
 ``(i, j, shift)``. Self pairs with a zero shift are excluded; periodic images of an atom itself (non-zero
 shift, for cells smaller than the cutoff) are kept. Along a non-periodic direction the shift is always zero.
+
+vesin is never handed a geometry it handles badly: atoms far apart along an open direction (a molecule
+leaving a slab) or a periodic cell with a huge vacuum are remapped first (see :func:`_search_geometry`), so
+the search stays O(N) and the results equal ASE's ``neighbor_list`` on every kind of cell.
 """
 
 from __future__ import annotations
@@ -93,7 +97,9 @@ class _SearchGeometry(NamedTuple):
     moved: bool  # positions were changed: recompute distances from the real ones
 
 
-def _search_geometry(pos: np.ndarray, box: np.ndarray, periodic: np.ndarray, cutoff: float, where: str):
+def _search_geometry(
+    pos: np.ndarray, box: np.ndarray, periodic: np.ndarray, cutoff: float, where: str
+) -> _SearchGeometry:
     """What vesin is asked to search, chosen so that it stays O(N) and never sees a pathological box.
 
     vesin 0.6.2 takes time growing with the square of the extent along an open direction of a mixed-pbc

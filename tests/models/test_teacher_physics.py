@@ -23,6 +23,6 @@ class TestTeacherPhysics(ModelPhysicsTests):
         assert model64.cutoffs == [4.0, 6.0]
 
     @pytest.mark.xfail(strict=True, reason="DPA2Descriptor.forward is not TorchScript-able yet (nested function, "
-                       "dict of dataclasses); torch.compile works but compiles for minutes on CPU")
+                       "dict of dataclasses): Potential.compile_energy('script') fails for the teacher")
     def test_compiled_gives_same_numbers(self, model64, cluster, periodic) -> None:
         super().test_compiled_gives_same_numbers(model64, cluster, periodic)

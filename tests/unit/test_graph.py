@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -199,6 +201,9 @@ def test_batching_three_graphs_of_different_sizes() -> None:
     assert batch[K.HAS_FORCES].tolist() == [False, True, True]
     assert batch[K.HAS_VIRIAL].tolist() == [False, True, False]
     assert batch[K.SHIFTS].shape == (sum(n_edges), 3) and batch[K.FORCES].shape == (sum(n_atoms), 3)
+    # batches cross DataLoader worker processes by pickle
+    restored = pickle.loads(pickle.dumps(batch))
+    assert restored.num_graphs == 3 and torch.equal(restored[K.EDGE_INDEX], batch[K.EDGE_INDEX])
     # un-batching gives the graphs back
     again = batch.get_example(1)
     assert torch.equal(again[K.EDGE_INDEX], graphs[1][K.EDGE_INDEX])

@@ -119,6 +119,11 @@ class PotentialModule(L.LightningModule):
                 "max_nonfinite_steps."
             )
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps submodules in the mode it finds them; a model loaded for finetuning comes in eval
+        # mode (inference), where forces are not differentiable. Training needs train mode.
+        self.model.train()
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self._skip_step = False
         pred = self._predict(batch)

@@ -31,7 +31,7 @@ from torch import nn
 from lam.finetune.data import DownstreamData
 from lam.train.job import check_config
 
-__all__ = ["check_finetune_config", "fit", "load_pretrained", "make_datamodule", "replay_specs",
+__all__ = ["check_finetune_config", "check_source", "fit", "load_pretrained", "make_datamodule", "replay_specs",
            "run_finetuning", "test_table"]
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,17 @@ _TABLE = (("energy_rmse_per_atom", "E RMSE (meV/atom)"), ("energy_mae_per_atom",
           ("virial_rmse_per_atom", "W RMSE (meV/atom)"))
 
 
+def check_source(source: str) -> bool:
+    """True if ``source`` is a local path (which must exist), False for a URL or a registry name."""
+    text = str(source)
+    looks_local = text.startswith((".", "/", "~")) or ("/" in text and "://" not in text)
+    if looks_local and not Path(text).expanduser().exists():
+        hint = (" (the demo finetuning expects the demo pretraining export: run `python -m lam.pretrain "
+                "+experiment=demo output_dir=outputs/demo/pretrain` first)" if "outputs/demo" in text else "")
+        raise FileNotFoundError(f"model.source={text}: no such export directory or .lam file{hint}")
+    return looks_local
+
+
 def load_pretrained(source: str, registry: Any = None, cache: str | None = None) -> nn.Module:
     """Load the model to finetune (``lam.hub`` source) and record where it came from in ``model.source_info``."""
     import lam.hub
@@ -48,11 +59,7 @@ def load_pretrained(source: str, registry: Any = None, cache: str | None = None)
     from lam.hub.download import sha256_file
 
     text = str(source)
-    looks_local = text.startswith((".", "/", "~")) or "/" in text and "://" not in text
-    if looks_local and not Path(text).expanduser().exists():
-        hint = (" (the demo finetuning expects the demo pretraining export: run `python -m lam.pretrain "
-                "+experiment=demo output_dir=outputs/demo/pretrain` first)" if "outputs/demo" in text else "")
-        raise FileNotFoundError(f"model.source={text}: no such export directory or .lam file{hint}")
+    looks_local = check_source(text)
     folder = lam.hub.resolve_source(Path(text).expanduser() if looks_local else text, registry, cache=cache)
     model = load(folder)
     model.source_info = {"source": text, "resolved": str(folder),  # type: ignore[attr-defined]
@@ -69,6 +76,10 @@ def check_finetune_config(cfg: DictConfig) -> None:
                          "and optionally data.test: use data=finetune data.train=... or data=water")
     if OmegaConf.is_missing(data, "train"):
         raise ValueError("data.train is required: the downstream training data (path or list of paths)")
+    if OmegaConf.is_missing(cfg.model, "source") if "source" in cfg.model else False:
+        raise ValueError("model.source is required: export directory, .lam file, URL#sha256=<hex> or hub name")
+    if "source" in cfg.model:
+        check_source(str(cfg.model.source))
     if OmegaConf.is_missing(ft, "head"):
         raise ValueError("finetune.head is required: an existing head of the pretrained model or a new name")
     from lam.finetune.strategies import STRATEGIES
@@ -138,6 +149,7 @@ def fit(model: nn.Module, datamodule: Any, cfg: DictConfig, output_dir: Path, op
     from lam.train.module import PotentialModule
 
     resolved_sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    model.train()  # loaded models come in eval mode; forces need create_graph=True (training mode) to train
     module = PotentialModule(model, instantiate(cfg.loss, _convert_="all"), optimizer=dict(optim),
                              scheduler=resolved_sched, ema_decay=cfg.ema.decay, ema_warmup=cfg.ema.warmup,
                              max_nonfinite_steps=cfg.max_nonfinite_steps, run_info=dict(run_info))

@@ -1,0 +1,96 @@
+"""Stability of MD with lam potentials on liquid water (tests/data/deepmd_water_64h2o, 192 atoms, float64).
+
+* NVE with the conservative forces -dE/dr conserves the total energy: drift < 0.1 meV/atom/ps over 20 fs;
+  the same run with the direct-force head (not a gradient) drifts by orders of magnitude more.
+* The force Jacobian of the conservative model is symmetric (it is minus the Hessian); the direct-force
+  head's is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from lam import build_model
+from lam.md.calculator import LAMCalculator
+from lam.md.drift import jacobian_asymmetry
+from lam.md.run import load_structure, run_md
+from lam.models import Potential
+
+
+def small_student(seed: int = 0) -> Potential:
+    """A compact se_e2_a student with a direct-force head, float64 (a few ms per force call)."""
+    return build_model("student", type_map=["O", "H"], heads=["water"], dtype="float64", seed=seed,
+                       neurons=[8, 16, 32], axis_neuron=4, sel=48, rcut=4.0, rcut_smth=0.5,
+                       fitting_neurons=[32, 32], direct_force={"rcut": 4.0, "hidden": 16, "num_basis": 4})
+
+
+@pytest.fixture(scope="module")
+def water(water_dir: Path) -> Atoms:
+    return load_structure(water_dir / "data_0", index=0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Potential:
+    return small_student()
+
+
+@pytest.fixture(scope="module")
+def nve_conservative(model: Potential, water: Atoms):
+    return run_md(model, water, ensemble="nve", dt=0.5, steps=40, temperature=300.0, seed=0, log_every=2,
+                  progress=False)
+
+
+def test_conservative_nve_drift_below_0p1_mev_per_atom_ps(nve_conservative) -> None:
+    r = nve_conservative
+    assert r.n_atoms == 192 and r.steps == 40 and len(r.times_fs) == 21
+    assert np.isclose(r.times_fs[-1], 20.0)
+    assert abs(r.drift_mev_atom_ps) < 0.1, r.summary()
+    # energy really flows between kinetic and potential energy while Etot stays put
+    assert np.ptp(r.epot_ev) > 20 * np.ptp(r.etot_ev)
+
+
+def test_direct_forces_do_not_conserve_energy(model: Potential, water: Atoms, nve_conservative) -> None:
+    r = run_md(model, water, ensemble="nve", dt=0.5, steps=30, temperature=300.0, seed=0, log_every=6,
+               direct=True, progress=False)
+    assert abs(r.drift_mev_atom_ps) > 1.0, r.summary()
+    assert abs(r.drift_mev_atom_ps) > 100 * abs(nve_conservative.drift_mev_atom_ps)
+
+
+@pytest.mark.xfail(strict=True, reason="se_e2_a compression (tabulated embedding, lam 0.1.0) breaks energy "
+                                       "conservation in MD; remove this mark when it is fixed")
+def test_compressed_student_conserves_energy(water: Atoms) -> None:
+    m = small_student()
+    with torch.no_grad():
+        m.heads["water"].scale.fill_(3.0)
+    r = run_md(m, water, ensemble="nve", dt=0.5, steps=50, seed=0, log_every=5, progress=False, compress=True)
+    assert abs(r.drift_mev_atom_ps) < 0.1, r.summary()
+
+
+def _cluster(atoms: Atoms, n: int = 9) -> Atoms:
+    """The ``n`` atoms nearest to atom 0 (minimum image), as a non-periodic cluster."""
+    dist = atoms.get_distances(0, range(len(atoms)), mic=True)
+    idx = np.argsort(dist)[:n]
+    vec = atoms.get_distances(0, idx, mic=True, vector=True)
+    return Atoms(numbers=atoms.numbers[idx], positions=vec + 6.0)
+
+
+def test_jacobian_symmetric_for_conservative_not_for_direct(model: Potential, water: Atoms) -> None:
+    cluster = _cluster(water)
+    calc = LAMCalculator(model, compress=False)
+
+    def forces_at(prop: str):
+        def fn(pos: np.ndarray) -> np.ndarray:
+            a = cluster.copy()
+            a.positions = pos
+            return calc.get_forces(a) if prop == "forces" else calc.get_property(prop, a)
+        return fn
+
+    lam_c = jacobian_asymmetry(forces_at("forces"), cluster.positions)
+    lam_d = jacobian_asymmetry(forces_at("direct_forces"), cluster.positions)
+    assert lam_c < 1e-6, lam_c
+    assert lam_d > 1e-5 and lam_d > 1000 * lam_c, (lam_c, lam_d)

@@ -457,6 +457,7 @@ class DistillLoop:
         cfg = OmegaConf.create({
             "seed": seed, "output_dir": str(run_dir), "resume": "never", "validate_before_training": False,
             "record_frames": False, "max_nonfinite_steps": 10,
+            "descriptor_statistics_frames": 256 if init is None else 0,
             "model": model,
             "data": {"_target_": "lam.train.datamodule.MultiHeadDataModule",
                      "datasets": [{"path": str(data), "head": self.head}], "batch_size": t.batch_size,

@@ -128,6 +128,11 @@ def build_from_metadata(meta: Mapping[str, Any]) -> Potential:
     model = build_model(meta["preset"], type_map=meta["type_map"], heads=meta["heads"],
                         dtype=meta["dtype"], seed=int(meta.get("seed", 0)),
                         direct_force=meta.get("direct_force_kwargs", False), **dict(meta.get("overrides", {})))
+    desc_config = meta.get("descriptor_config")
+    current = getattr(model.descriptor, "config", None)
+    if desc_config and current is not None and dict(desc_config) != dict(current):
+        # settings fitted after construction (e.g. se_e2_a's env_std from data statistics) live in the config
+        model.descriptor = type(model.descriptor)(**dict(desc_config)).to(model.dtype)
     for name, config in dict(meta.get("head_configs", {})).items():
         if name in model.heads and config != model.heads[name].config:
             model.heads[name] = FittingHead(**config).to(model.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -210,6 +210,28 @@ class Potential(nn.Module):
                 if symbol not in self.type_map:
                     raise ValueError(f"element {symbol!r} is not in the type map {self.type_map}")
                 buf[self.type_map.index(symbol)] = float(value)
+
+    @torch.no_grad()
+    def fit_descriptor_statistics(self, graphs: Iterable[Any]) -> bool:
+        """Set the descriptor's environment-matrix scales from sample graphs (DeePMD-kit's statistics step).
+
+        ``graphs`` are single graphs or batches with ``numbers``, ``pos``, ``cell``, ``edge_index``, ``shifts``
+        (and ``batch`` for batches). Returns False when the descriptor has no statistics to fit. Call it once on
+        training data before a fresh training run; the scales are part of the weights / metadata afterwards.
+        """
+        fn = getattr(self.descriptor, "compute_env_stats", None)
+        if fn is None:
+            return False
+        samples = []
+        for g in graphs:
+            pos = g[K.POSITIONS]
+            seg = g[K.BATCH] if K.BATCH in g else torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+            cell = g[K.CELL].reshape(-1, 3, 3)
+            vec = edge_vectors(pos, g[K.EDGE_INDEX], g[K.SHIFTS], cell, seg)
+            samples.append((self.types_from_numbers(g[K.NUMBERS]), g[K.EDGE_INDEX], vec))
+        fn(samples)
+        self._energy_fn = None
+        return True
 
     def types_from_numbers(self, numbers: Tensor) -> Tensor:
         """Type indices (N,) from atomic numbers; a clear error for elements outside the type map."""

@@ -388,6 +388,16 @@ class MultiHeadDataModule(L.LightningDataModule):
             out[head] = {s: float(stats.element_energies.get(s, 0.0)) for s in type_map}
         return out
 
+    def sample_graphs(self, n: int) -> list[Any]:
+        """Up to ``n`` training graphs spread over all datasets (deterministic), e.g. for descriptor statistics."""
+        pool = np.concatenate([t + o for t, o in zip(self.train_indices, self.offsets_of_datasets())])
+        if pool.size > n:
+            pool = np.sort(np.random.default_rng(self.seed).choice(pool, size=n, replace=False))
+        return [self.dataset[int(i)] for i in pool]
+
+    def offsets_of_datasets(self) -> np.ndarray:
+        return self.dataset.offsets[:-1]
+
     def data_hashes(self) -> dict[str, dict[str, Any]]:
         """sha256 of every LAM-H5 file (cached by lam.data.manifest) and of its manifest, if any."""
         from lam.data.manifest import sha256_path

@@ -110,6 +110,10 @@ def run_pretraining(cfg: DictConfig) -> dict[str, Any]:
         for head, energies in references.items():
             model.set_element_energies(head, energies)
         log.info("element energy references per head: %s", references)
+        fit = getattr(model, "fit_descriptor_statistics", None)
+        n_stat = int(cfg.get("descriptor_statistics_frames") or 0)  # 0 for runs that start from trained weights
+        if fit is not None and n_stat > 0:
+            fit(datamodule.sample_graphs(n_stat))
     else:
         log.info("resuming from %s (element references come from the checkpoint)", ckpt_path)
     data_hashes = datamodule.data_hashes()

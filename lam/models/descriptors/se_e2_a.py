@@ -14,6 +14,7 @@ matmuls on neighbours padded per atom, ``(N, nnei)``, taken straight from the ce
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -170,6 +171,21 @@ class SeE2A(nn.Module):
             self.compress(*self.table_args)
         table = self.table.to(device=s.device, dtype=s.dtype)
         return _TabulatedEmbedding.apply(s, pair, table, self.table_step)
+
+    @torch.no_grad()
+    def compute_env_stats(self, samples: list[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Set ``env_std`` from data: the RMS of ``s(r)`` over ``sel`` slots per centre (empty slots count as 0,
+        the DPA-2 / DeePMD-kit convention), so the embedding sees inputs of order one."""
+        total, n_centres = 0.0, 0
+        for types, _edge_index, edge_vec in samples:
+            r = torch.linalg.vector_norm(edge_vec, dim=-1).double()
+            r = r[r < self.rcut]
+            s = smooth_switch(r, self.rcut_smth, self.rcut) / r
+            total += float((s**2).sum())
+            n_centres += int(types.shape[0])
+        if n_centres and total > 0:
+            self.env_std = max(math.sqrt(total / (n_centres * self.sel)), 1e-2)
+            self.table = None  # a tabulation made with the old scale is stale
 
     @property
     def cutoffs(self) -> list[float]:

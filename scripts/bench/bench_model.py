@@ -212,14 +212,31 @@ def time_train_step(model: Any, batch: Any, repeats: int, warmup: int, device: s
     return {"train_ms": _ms([t[0] for t in times]), "train_cpu_ms": _ms([t[1] for t in times])}
 
 
+def git_state() -> str:
+    """Commit of the working tree and whether the model code differs from it (``<sha>+dirty``)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lam/models", "lam/data"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
 def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: int = 2, device: str = "cpu",
-             compile_mode: str = "none", train: bool = True) -> dict[str, Any]:
-    """Measure one (preset, dtype, size) in this process: times, µs/atom-step, parameters, peak memory."""
+             compile_mode: str = "none", train: bool = True, compress: bool = True) -> dict[str, Any]:
+    """Measure one (preset, dtype, size) in this process: times, µs/atom-step, parameters, peak memory.
+
+    ``compress`` tabulates the embedding for inference where the model supports it (``Potential.compress``,
+    as the ASE calculator does); the training step always runs the network.
+    """
     import torch
 
     torch.set_num_threads(1)
     frame = water_frame(n_atoms)
     model = build_lam_model(preset, dtype, device, compile_mode)
+    compressed = bool(model.compress()) if compress else False
     batch = _graph(frame, model.rcut, model.dtype, device)
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
@@ -228,7 +245,8 @@ def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: in
     rss0 = _max_rss_mb()
     out: dict[str, Any] = {
         "code": "lam", "preset": preset, "dtype": dtype, "n_atoms": frame.n_atoms, "device": device,
-        "compile": compile_mode, "params": sum(p.numel() for p in model.parameters()),
+        "compile": compile_mode, "compressed": compressed, "commit": git_state(),
+        "params": sum(p.numel() for p in model.parameters()),
         "edges": int(batch["edge_index"].shape[1]),
     }
     out.update(time_inference(model, frame, repeats, warmup, device))
@@ -327,7 +345,7 @@ def _run_worker(python: str, args: list[str], env: dict[str, str] | None = None)
 
 
 def run_all(sizes: Sequence[int], presets: Sequence[str], dtypes: Sequence[str], repeats: int, warmup: int,
-            device: str, compile_mode: str, dp_python: str | None, train: bool = True,
+            device: str, compile_mode: str, dp_python: str | None, train: bool = True, compress: bool = True,
             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every lam case (and DeePMD-kit case for small / medium) in its own fresh subprocess."""
     results: list[dict[str, Any]] = []
@@ -336,7 +354,8 @@ def run_all(sizes: Sequence[int], presets: Sequence[str], dtypes: Sequence[str],
         for dtype in dtypes:
             for preset in presets:
                 for n in sizes:
-                    extra = ["--compile", compile_mode] + ([] if train else ["--no-train"])
+                    extra = (["--compile", compile_mode] + ([] if train else ["--no-train"])
+                             + ([] if compress else ["--no-compress"]))
                     res = _run_worker(sys.executable, ["--worker", preset, dtype, str(n), *common, *extra])
                     results.append(res)
                     log(f"  lam    {preset:7s} {dtype} {n:6d} atoms: e2e {res['infer_e2e_ms']:9.1f} ms, "
@@ -434,6 +453,27 @@ def targets(results: Sequence[dict[str, Any]], clock: str = "wall") -> list[str]
     return lines
 
 
+def report(results: Sequence[dict[str, Any]]) -> str:
+    """The table, then the target lines on wall-clock and on CPU time."""
+    lines = [table(results), ""]
+    for clock in ("wall", "cpu"):
+        lines += targets(results, clock)
+    return "\n".join(lines)
+
+
+def merge_results(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Results of several ``--json`` files; a case (code, preset, dtype, atoms) in a later file replaces it."""
+    merged: dict[tuple, dict[str, Any]] = {}
+    for path in paths:
+        try:
+            rows = json.loads(Path(path).read_text())["results"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a bench_model --json file ({err})") from err
+        for r in rows:
+            merged[(r["code"], r["preset"], r["dtype"], r["n_atoms"])] = r
+    return list(merged.values())
+
+
 # --------------------------------------------------------------------------- profiler
 def profile_breakdown(preset: str = "medium", n_atoms: int = BASE_ATOMS, dtype: str = "float32",
                       device: str = "cpu", steps: int = 3, row_limit: int = 25) -> str:
@@ -515,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", default="none", choices=["none", "script"], help="Potential.compile_energy")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--no-compress", action="store_true", help="inference without Potential.compress()")
+    p.add_argument("--report", nargs="+", default=None, metavar="JSON",
+                   help="print the table and targets of --json files (later files replace equal cases) and exit")
     p.add_argument("--deepmd-python", default=None, help="python of a venv with deepmd-kit (baseline)")
     p.add_argument("--no-deepmd", action="store_true", help="skip the DeePMD-kit baseline")
     p.add_argument("--json", default=None, help="write all results (and the machine) to this file")
@@ -527,7 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if a.worker:
         preset, dtype, n = a.worker
-        res = run_case(preset, dtype, int(n), a.repeats, a.warmup, a.device, a.compile, train=not a.no_train)
+        res = run_case(preset, dtype, int(n), a.repeats, a.warmup, a.device, a.compile, train=not a.no_train,
+                       compress=not a.no_compress)
         print(RESULT_TAG + json.dumps(res), flush=True)
         return 0
     if a.deepmd_worker:
@@ -535,6 +579,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = np.load(npz)
         res = deepmd_case(preset, dtype, data["coord"], data["atype"], data["cell"], a.repeats, a.warmup, a.device)
         print(RESULT_TAG + json.dumps(res), flush=True)
+        return 0
+    if a.report:
+        print(report(merge_results(a.report)))
         return 0
     if a.profile:
         print(profile_breakdown(a.profile, a.sizes[0], a.dtypes[0], a.device))
@@ -550,16 +597,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine}")
     print(f"DeePMD-kit baseline: {dp_python or 'not available (pass --deepmd-python)'}")
     results = run_all(a.sizes, a.presets, a.dtypes, a.repeats, a.warmup, a.device, a.compile, dp_python,
-                      train=not a.no_train)
+                      train=not a.no_train, compress=not a.no_compress)
     print()
-    print(table(results))
-    print()
-    for clock in ("wall", "cpu"):
-        for line in targets(results, clock):
-            print(line)
+    print(report(results))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine, "argv": sys.argv, "results": results}, indent=1))
+        Path(a.json).write_text(json.dumps({"machine": machine, "commit": git_state(), "argv": sys.argv,
+                                            "results": results}, indent=1))
     return 0
 
 

@@ -52,6 +52,7 @@ def test_run_case_tiny(bench: ModuleType, preset: str) -> None:
     assert res["infer_e2e_ms"] >= res["infer_model_ms"]  # e2e contains the model call of the same step
     assert res["infer_e2e_us_atom"] == pytest.approx(1e3 * res["infer_e2e_ms"] / 24)
     assert res["infer_mem_mb"] >= 0 and res["train_mem_mb"] >= res["infer_mem_mb"]
+    assert res["compressed"] is (preset == "student")  # only se_e2_a tabulates its embedding for inference
 
 
 def test_worker_cli_prints_json(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,3 +111,16 @@ def test_targets_and_table(bench: ModuleType) -> None:
         bench.targets(results, "gpu")
     tab = bench.table(results).splitlines()
     assert len(tab) == 2 + len(results) and tab[2].endswith("| 3.56x (3.56x) |")
+
+
+def test_merge_results_later_file_wins(bench: ModuleType, tmp_path: Path) -> None:
+    first = [_row("lam", "small", 192, 50.0), _row("lam", "student", 192, 4.0)]
+    second = [_row("lam", "student", 192, 2.0)]
+    for name, rows in (("a.json", first), ("b.json", second)):
+        (tmp_path / name).write_text(json.dumps({"machine": "test", "results": rows}))
+    merged = bench.merge_results([tmp_path / "a.json", tmp_path / "b.json"])
+    assert len(merged) == 2
+    assert bench._find(merged, "lam", "student", "float32", 192)["infer_e2e_ms"] == 2.0
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="bad.json"):
+        bench.merge_results([tmp_path / "bad.json"])

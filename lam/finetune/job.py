@@ -159,9 +159,12 @@ def fit(model: nn.Module, datamodule: Any, cfg: DictConfig, output_dir: Path, op
                                          save_last=True, save_top_k=1, every_n_train_steps=cfg.checkpoint.every_n_steps,
                                          auto_insert_metric_name=False))
     logger_list = [instantiate(e) for e in (cfg.get("logger") or {}).values() if e is not None] if loggers else []
+    extra: dict[str, Any] = {}
+    if not any(len(v) for v in getattr(datamodule, "val_indices", [[0]])):
+        extra["limit_val_batches"] = 0  # no validation split (data.val_fraction=0): test errors come afterwards
     trainer: L.Trainer = instantiate(cfg.trainer, default_root_dir=str(output_dir), callbacks=callbacks,
                                      logger=logger_list or False, enable_checkpointing=checkpoints,
-                                     plugins=[AtomicCheckpointIO()])
+                                     plugins=[AtomicCheckpointIO()], **extra)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module
 

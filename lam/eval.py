@@ -233,6 +233,7 @@ def parity_plot(result: EvalResult, path: str | os.PathLike, title: str | None =
         ax.set_xlabel(f"reference {label}")
         ax.set_ylabel(f"predicted {label}")
         ax.set_title(f"{name}: RMSE {result.metrics[key] * 1000:.1f} {unit}")
+        ax.ticklabel_format(useOffset=False)
         ax.set_aspect("equal", adjustable="datalim")
     fig.suptitle(title or f"head {result.head}")
     fig.tight_layout()

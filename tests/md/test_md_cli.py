@@ -85,3 +85,23 @@ def test_clear_errors(water_dir: Path, model: Potential) -> None:
         run_md(model, water_dir / "data_0", index=500, steps=1, progress=False)
     with pytest.raises(FileNotFoundError, match="nowhere.xyz"):
         run_md(model, "nowhere.xyz", steps=1, progress=False)
+
+
+def test_hybrid_two_stages_direct_then_conservative(tmp_path: Path) -> None:
+    """python -m lam.md.hybrid: stage 1 trains energy + direct forces, stage 2 -dE/dr from its export."""
+    import json
+
+    from lam.md.hybrid import run_hybrid
+
+    out = run_hybrid(
+        ["trainer.max_steps=2", "trainer.val_check_interval=2", "validate_before_training=false",
+         "logger=none", "data.val_fraction=0.02", "data.batch_size=2", f"output_dir={tmp_path / 'stage1'}"],
+        ["trainer.max_steps=2", "logger=none", "data.train=[tests/data/deepmd_water_64h2o/data_0]",
+         "data.test=null", "data.test_fraction=0.03", "data.n_train=4", "finetune.eval_batch_size=1"])
+    stage1 = json.loads((Path(out["stage1"]["export_dir"]) / "metadata.json").read_text())
+    stage2 = json.loads((out["export_dir"] / "metadata.json").read_text())
+    assert stage1["config"]["loss"]["forces"] is None and stage1["config"]["loss"]["direct_forces"]
+    assert stage2["config"]["loss"]["forces"] and stage2["config"]["model"]["source"] == str(
+        Path(out["stage1"]["export_dir"]))
+    assert out["export_dir"] == tmp_path / "stage2_conservative" / "export"
+    assert stage2["model"]["direct_force"] is not None and stage2["heads"] == ["pbe"]

@@ -43,7 +43,7 @@ def _make_dynamics(atoms, task: ExploreTask):  # noqa: ANN001, ANN202 - ASE obje
 
     dt = task.timestep_fs * units.fs
     if task.ensemble == "nvt":
-        return Langevin(atoms, dt, temperature_K=task.temperature, friction=task.friction / units.fs,
+        return Langevin(atoms, dt, temperature_K=task.temperature, friction=task.friction / units.fs, fixcm=False,
                         rng=np.random.default_rng(task.seed))
     if task.ensemble == "nve":
         return VelocityVerlet(atoms, dt)

@@ -484,6 +484,7 @@ def profile_breakdown(preset: str = "medium", n_atoms: int = BASE_ATOMS, dtype: 
     torch.set_num_threads(1)
     frame = water_frame(n_atoms)
     model = build_lam_model(preset, dtype, device)
+    model.compress()  # the inference path (no-op for DPA-2)
     model.eval()
     batch = _graph(frame, model.rcut, model.dtype, device)
     blocks: dict[str, Any] = {}

@@ -62,6 +62,24 @@ def time_energy_forces(model: torch.nn.Module, frames: Sequence[Frame], head: st
     return float(np.median(times))
 
 
+def time_model_only(model: torch.nn.Module, frames: Sequence[Frame], head: str, repeats: int = 5,
+                    warmup: int = 2) -> float:
+    """Median seconds of the model's energy+forces on one prebuilt batch of all ``frames`` (no graph building)."""
+    from lam.data.graph import AtomicGraph, collate
+
+    index = model.head_names.index(head)
+    batch = collate([AtomicGraph.from_frame(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc),
+                                            float(model.rcut), head=index, dtype=model.dtype) for f in frames])
+    batch = batch.to(next(model.parameters()).device)
+    times = []
+    for k in range(warmup + repeats):
+        t0 = time.perf_counter()
+        model(batch, compute_forces=True)
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def force_rmse(reference: Sequence[Frame], predicted: Sequence[Frame]) -> float:
     """Force RMSE per component (eV/Å) over all atoms of frames that have reference forces."""
     diffs = [p.forces - r.forces for r, p in zip(reference, predicted) if r.forces is not None]

@@ -3,13 +3,18 @@
 A :class:`FittingHead` is a small MLP (DeePMD-style "fitting net") with its own per-element energy reference.
 The atomic energy of atom ``i`` of type ``t`` with features ``g_i`` is
 
-    e_i = element_energy[t] + scale * (net(g_i, t) - net(g0_t, t))
+    e_i = element_energy[t] + scale * (net(x_i, t) - net(x0_t, t)),   x = (g - input_mean[t]) / input_std[t]
 
 where ``g0_t`` is the descriptor output of an isolated atom of type ``t`` (no neighbours). The subtraction is
 done by :class:`lam.models.potential.Potential`, which knows the descriptor; it makes an isolated atom give
 exactly its element reference, so the reference is the (only) per-element shift of the head. ``scale`` is a
-buffer set from statistics (the standard deviation of per-atom energy residuals); ``element_energy`` is a
-buffer set from a least-squares fit of energies on element counts (``lam.data.stats``).
+buffer in eV; ``element_energy`` is a buffer set from a least-squares fit of energies on element counts
+(``lam.data.stats``). ``input_mean`` / ``input_std`` (ntypes, dim_in) standardise the descriptor features per
+element before the network. All three are fitted from data by
+:meth:`lam.models.potential.Potential.fit_output_statistics` (identity / 1 until then): descriptors emit features
+whose size depends on the neighbour count and on ``sel`` (often 1e-2 for small molecules), and a network fed
+such inputs starts with forces ~100x too small and learns them slowly. They are buffers, so they travel with
+the weights.
 """
 
 from __future__ import annotations
@@ -84,6 +89,16 @@ class FittingHead(nn.Module):
                           activation, resnet)
         self.register_buffer("element_energy", torch.zeros(self.ntypes))
         self.register_buffer("scale", torch.ones(()))
+        self.register_buffer("input_mean", torch.zeros(self.ntypes, self.dim_in))
+        self.register_buffer("input_std", torch.ones(self.ntypes, self.dim_in))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # weights saved before the input normalisation existed load as the identity normalisation
+        for name in ("input_mean", "input_std"):
+            if prefix + name not in state_dict and prefix + "element_energy" in state_dict:
+                state_dict[prefix + name] = getattr(self, name).detach().clone()
+                state_dict[prefix + name].fill_(0.0 if name == "input_mean" else 1.0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -93,6 +108,7 @@ class FittingHead(nn.Module):
 
     def network(self, features: Tensor, types: Tensor) -> Tensor:
         """Raw network output (M,) for features (M, dim_in) and type indices (M,), before scale/reference."""
+        features = (features - self.input_mean.to(features.dtype)[types]) / self.input_std.to(features.dtype)[types]
         if self.type_input:
             onehot = nn.functional.one_hot(types, self.ntypes).to(features.dtype)
             features = torch.cat([features, onehot], dim=-1)

@@ -163,7 +163,8 @@ class Potential(nn.Module):
             raise KeyError(f"no head named {name!r}; this model has heads {self.head_names}")
 
     def add_head(self, name: str, head: FittingHead | None = None, init_from: str | None = None) -> FittingHead:
-        """Add a head: a given module, a copy of head ``init_from``, or a fresh one shaped like the first head."""
+        """Add a head: a given module, a copy of head ``init_from``, or a fresh one shaped like the first head
+        (fresh weights, with the first head's fitted input normalisation and output scale)."""
         if name in self.heads:
             raise ValueError(f"head {name!r} already exists; heads are {self.head_names}")
         if head is not None and init_from is not None:
@@ -172,8 +173,12 @@ class Potential(nn.Module):
             if init_from is not None:
                 self._head_index(init_from)
                 head = copy.deepcopy(self.heads[init_from])
-            else:
-                head = FittingHead(**next(iter(self.heads.values())).config)
+            else:  # fresh weights, but the data normalisation of the first head (same descriptor)
+                first = next(iter(self.heads.values()))
+                head = FittingHead(**first.config)
+                with torch.no_grad():
+                    for buf in ("input_mean", "input_std", "scale"):
+                        getattr(head, buf).copy_(getattr(first, buf).cpu())
         ref = next(iter(self.heads.values())).element_energy
         head = head.to(device=ref.device, dtype=self.dtype)
         self._energy_fn = None
@@ -211,27 +216,133 @@ class Potential(nn.Module):
                     raise ValueError(f"element {symbol!r} is not in the type map {self.type_map}")
                 buf[self.type_map.index(symbol)] = float(value)
 
-    @torch.no_grad()
     def fit_descriptor_statistics(self, graphs: Iterable[Any]) -> bool:
-        """Set the descriptor's environment-matrix scales from sample graphs (DeePMD-kit's statistics step).
+        """Fit every data-driven normalisation from sample graphs (DeePMD-kit's statistics step, MACE's scale).
 
-        ``graphs`` are single graphs or batches with ``numbers``, ``pos``, ``cell``, ``edge_index``, ``shifts``
-        (and ``batch`` for batches). Returns False when the descriptor has no statistics to fit. Call it once on
-        training data before a fresh training run; the scales are part of the weights / metadata afterwards.
+        First the descriptor's environment-matrix scales (``compute_env_stats``, if it has one), then, with
+        those in place, each head's feature standardisation and output scale
+        (:meth:`fit_output_statistics`). ``graphs`` are single graphs or batches with ``numbers``, ``pos``,
+        ``cell``, ``edge_index``, ``shifts`` (and ``batch`` for batches; ``head`` and ``forces`` for the
+        head statistics). Call it once on training data before a fresh training run; everything fitted is
+        part of the weights / metadata afterwards. Returns False when there was nothing to fit.
         """
+        graphs = list(graphs)
+        fitted = False
         fn = getattr(self.descriptor, "compute_env_stats", None)
-        if fn is None:
+        if fn is not None:
+            with torch.no_grad():
+                fn([self._edge_sample(g)[:3] for g in graphs])
+            self._energy_fn = None
+            fitted = True
+        return self.fit_output_statistics(graphs) or fitted
+
+    def _edge_sample(self, g: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """(types, edge_index, edge vectors, graph index per atom, number of graphs) of a graph or batch."""
+        pos = g[K.POSITIONS].to(self.dtype)
+        seg = g[K.BATCH] if K.BATCH in g else torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        cell = g[K.CELL].reshape(-1, 3, 3).to(self.dtype)
+        vec = edge_vectors(pos, g[K.EDGE_INDEX], g[K.SHIFTS].to(self.dtype), cell, seg)
+        return self.types_from_numbers(g[K.NUMBERS]), g[K.EDGE_INDEX], vec, seg.long(), cell.shape[0]
+
+    def _graph_heads(self, g: Any, num_graphs: int) -> Tensor | None:
+        """Head index per graph (G,) from the ``head`` field; None (every head) when absent."""
+        field = g[K.HEAD] if K.HEAD in g else None
+        if field is None:
+            return None if len(self.heads) > 1 else torch.zeros(num_graphs, dtype=torch.long)
+        return field.reshape(-1).long().cpu()
+
+    def fit_output_statistics(self, graphs: Iterable[Any], min_atoms: int = 2) -> bool:
+        """Fit each head's per-element input standardisation and its output ``scale`` from sample graphs.
+
+        * ``input_mean``: each feature's mean per element (over all atoms for heads without ``type_input``,
+          which must still tell the elements apart from the features), over the atoms of that head's graphs
+          (graphs without a ``head`` field count for every head; a head with fewer than ``min_atoms`` atoms
+          uses all heads' atoms).
+        * ``input_std``: one number, the RMS over features of their standard deviation over those atoms, so
+          the network's inputs vary by O(1) whatever the neighbour count and ``sel``. Not per feature: with
+          few molecules some features barely vary, and dividing each by its own spread amplifies the
+          gradients into the descriptor by up to 100x, which measurably destabilises training.
+        * ``scale`` (eV): the data's force RMS divided by the RMS of the forces the standardised network gives
+          with unit scale, so that a fresh head predicts forces of the right size (random directions) instead
+          of ~100x too small ones — MACE sets its output scale from the force RMS for the same reason. Heads
+          without force labels keep their scale.
+
+        Element energies are left alone (set them with :meth:`set_element_energies`). Returns False when no
+        graph has atoms.
+        """
+        graphs = list(graphs)
+        nh, nt = len(self.heads), self.ntypes
+        dim = int(next(iter(self.heads.values())).dim_in)
+        s1 = torch.zeros(nh, nt, dim, dtype=torch.float64)
+        s2 = torch.zeros_like(s1)
+        cnt = torch.zeros(nh, nt, dtype=torch.float64)
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            for g in graphs:
+                types, edge_index, vec, seg, ng = self._edge_sample(g)
+                feats = self.descriptor(types, edge_index, vec).double().cpu()
+                types_c, seg_c = types.cpu(), seg.cpu()
+                heads = self._graph_heads(g, ng)
+                for h in range(nh):
+                    sel = torch.ones_like(types_c, dtype=torch.bool) if heads is None else heads[seg_c] == h
+                    t = types_c[sel]
+                    s1[h].index_add_(0, t, feats[sel])
+                    s2[h].index_add_(0, t, feats[sel] ** 2)
+                    cnt[h] += torch.bincount(t, minlength=nt).double()
+        if float(cnt.sum()) == 0.0:
+            self.train(was_training)
             return False
-        samples = []
-        for g in graphs:
-            pos = g[K.POSITIONS]
-            seg = g[K.BATCH] if K.BATCH in g else torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            cell = g[K.CELL].reshape(-1, 3, 3)
-            vec = edge_vectors(pos, g[K.EDGE_INDEX], g[K.SHIFTS], cell, seg)
-            samples.append((self.types_from_numbers(g[K.NUMBERS]), g[K.EDGE_INDEX], vec))
-        fn(samples)
+        for h, head in enumerate(self.heads.values()):
+            a, b, n = (s1[h], s2[h], cnt[h]) if cnt[h].sum() >= min_atoms else (s1.sum(0), s2.sum(0), cnt.sum(0))
+            total = n.sum()
+            if total < min_atoms:
+                continue
+            mean_all = a.sum(0) / total
+            # one scale for all features: the RMS over features of their standard deviations
+            std = max(float((b.sum(0) / total - mean_all**2).clamp(min=0.0).mean().sqrt()), 1e-8)
+            mean = mean_all.expand(nt, dim).clone()
+            if head.type_input:
+                seen = n > 0
+                mean[seen] = a[seen] / n[seen, None]
+            head.input_mean.copy_(mean)
+            head.input_std.fill_(std)
         self._energy_fn = None
+        self._fit_output_scales(graphs)
+        self.train(was_training)
         return True
+
+    def _fit_output_scales(self, graphs: list[Any]) -> None:
+        """Set each head's ``scale`` to (data force RMS) / (force RMS of the network at unit scale)."""
+        nh = len(self.heads)
+        data_sq, net_sq, n = torch.zeros(nh, dtype=torch.float64), torch.zeros(nh, dtype=torch.float64), \
+            torch.zeros(nh, dtype=torch.float64)
+        saved = [head.scale.clone() for head in self.heads.values()]
+        with torch.no_grad():
+            for head in self.heads.values():
+                head.scale.fill_(1.0)
+        for g in graphs:
+            forces = g[K.FORCES] if K.FORCES in g else None
+            if forces is None:
+                continue
+            _, _, _, seg, ng = self._edge_sample(g)
+            heads = self._graph_heads(g, ng)
+            has = g[K.HAS_FORCES].reshape(-1).bool().cpu() if K.HAS_FORCES in g else torch.ones(ng, dtype=torch.bool)
+            for h in range(nh):
+                keep_graph = has & (torch.ones(ng, dtype=torch.bool) if heads is None else heads == h)
+                if not bool(keep_graph.any()):
+                    continue
+                pred = self.forward(g, compute_forces=True, head=h)[K.FORCES].detach().double().cpu()
+                atoms = keep_graph[seg.cpu()]
+                data_sq[h] += forces.detach().double().cpu()[atoms].pow(2).sum()
+                net_sq[h] += pred[atoms].pow(2).sum()
+                n[h] += 3 * int(atoms.sum())
+        with torch.no_grad():
+            for h, head in enumerate(self.heads.values()):
+                if n[h] > 0 and net_sq[h] > 0 and data_sq[h] > 0:
+                    head.scale.fill_(float((data_sq[h] / net_sq[h]).sqrt()))
+                else:
+                    head.scale.copy_(saved[h])
 
     def types_from_numbers(self, numbers: Tensor) -> Tensor:
         """Type indices (N,) from atomic numbers; a clear error for elements outside the type map."""

@@ -92,6 +92,11 @@ class SeE2A(nn.Module):
         sel: typical largest neighbour count; only a fixed normalisation constant (never truncates).
         activation: embedding activation (``"tanh"`` as DeePMD).
         env_std: scale applied to ``s(r)`` before the embedding net and to the environment matrix.
+        env_shift: subtracted from the scaled ``s`` at the embedding input only (not in the environment matrix,
+            which must vanish at the cutoff), so that the first tanh layer sees centred inputs.
+
+    Features are returned unnormalised (their size depends on the neighbour count and ``sel``); the fitting
+    heads standardise them with statistics fitted from data (:class:`lam.models.heads.FittingHead`).
     """
 
     __jit_unused_properties__ = ["cutoffs", "config"]
@@ -99,7 +104,7 @@ class SeE2A(nn.Module):
 
     def __init__(self, ntypes: int, rcut: float = 5.0, rcut_smth: float = 0.5,
                  neurons: Sequence[int] = (16, 32, 64), axis_neuron: int = 8, sel: int = 64,
-                 activation: str = "tanh", env_std: float = 1.0) -> None:
+                 activation: str = "tanh", env_std: float = 1.0, env_shift: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= rcut_smth < rcut:
             raise ValueError(f"SeE2A needs 0 <= rcut_smth < rcut, got rcut_smth={rcut_smth}, rcut={rcut}")
@@ -114,6 +119,7 @@ class SeE2A(nn.Module):
         self.sel = int(sel)
         self.activation = activation
         self.env_std = float(env_std)
+        self.env_shift = float(env_shift)
         self.dim_out = neurons[-1] * self.axis_neuron
         npair = self.ntypes * self.ntypes
         # First layer per (centre type, neighbour type) pair: h = act(s * w[p] + b[p]).
@@ -174,17 +180,25 @@ class SeE2A(nn.Module):
 
     @torch.no_grad()
     def compute_env_stats(self, samples: list[tuple[Tensor, Tensor, Tensor]]) -> None:
-        """Set ``env_std`` from data: the RMS of ``s(r)`` over ``sel`` slots per centre (empty slots count as 0,
-        the DPA-2 / DeePMD-kit convention), so the embedding sees inputs of order one."""
-        total, n_centres = 0.0, 0
-        for types, _edge_index, edge_vec in samples:
+        """Set ``env_std`` and ``env_shift`` from data: the standard deviation and the mean of ``s(r)`` over the
+        real neighbours within the cutoff, so that the embedding net sees inputs of zero mean and unit variance.
+
+        (Padded ``sel`` slots are not counted, unlike DeePMD-kit's statistics: with molecules of a few atoms
+        and ``sel = 64`` they would shrink the scale ~4x and saturate the first tanh layer.)
+        """
+        s1, s2, n = 0.0, 0.0, 0
+        for _types, _edge_index, edge_vec in samples:
             r = torch.linalg.vector_norm(edge_vec, dim=-1).double()
-            r = r[r < self.rcut]
+            r = r[(r < self.rcut) & (r > 0)]
             s = smooth_switch(r, self.rcut_smth, self.rcut) / r
-            total += float((s**2).sum())
-            n_centres += int(types.shape[0])
-        if n_centres and total > 0:
-            self.env_std = max(math.sqrt(total / (n_centres * self.sel)), 1e-2)
+            s1 += float(s.sum())
+            s2 += float((s**2).sum())
+            n += int(s.numel())
+        if n >= 2:
+            mean = s1 / n
+            std = math.sqrt(max(s2 / n - mean * mean, 0.0))
+            self.env_std = max(std, 1e-2)
+            self.env_shift = mean / self.env_std
             self.table = None  # a tabulation made with the old scale is stale
 
     @property
@@ -197,11 +211,11 @@ class SeE2A(nn.Module):
         """Constructor arguments, enough to rebuild the descriptor."""
         return {"ntypes": self.ntypes, "rcut": self.rcut, "rcut_smth": self.rcut_smth,
                 "neurons": list(self.neurons), "axis_neuron": self.axis_neuron, "sel": self.sel,
-                "activation": self.activation, "env_std": self.env_std}
+                "activation": self.activation, "env_std": self.env_std, "env_shift": self.env_shift}
 
     def embedding(self, s: Tensor, pair: Tensor) -> Tensor:
         """Embedding net G (E, M) of the scaled radial value ``s`` (E,) for type-pair indices ``pair`` (E,)."""
-        x = self.act(s.unsqueeze(-1) * self.first_weight[pair] + self.first_bias[pair])
+        x = self.act((s - self.env_shift).unsqueeze(-1) * self.first_weight[pair] + self.first_bias[pair])
         for layer in self.layers:
             y = self.act(layer(x))
             if y.shape[-1] == x.shape[-1]:

@@ -216,15 +216,15 @@ class Potential(nn.Module):
                     raise ValueError(f"element {symbol!r} is not in the type map {self.type_map}")
                 buf[self.type_map.index(symbol)] = float(value)
 
-    def fit_descriptor_statistics(self, graphs: Iterable[Any]) -> bool:
-        """Fit every data-driven normalisation from sample graphs (DeePMD-kit's statistics step, MACE's scale).
+    def fit_descriptor_statistics(self, graphs: Iterable[Any], heads: bool = False) -> bool:
+        """Set the descriptor's environment-matrix scales from sample graphs (DeePMD-kit's statistics step).
 
-        First the descriptor's environment-matrix scales (``compute_env_stats``, if it has one), then, with
-        those in place, each head's feature standardisation and output scale
-        (:meth:`fit_output_statistics`). ``graphs`` are single graphs or batches with ``numbers``, ``pos``,
-        ``cell``, ``edge_index``, ``shifts`` (and ``batch`` for batches; ``head`` and ``forces`` for the
-        head statistics). Call it once on training data before a fresh training run; everything fitted is
-        part of the weights / metadata afterwards. Returns False when there was nothing to fit.
+        ``graphs`` are single graphs or batches with ``numbers``, ``pos``, ``cell``, ``edge_index``, ``shifts``
+        (and ``batch`` for batches). With ``heads=True`` the heads' input standardisation and output scale are
+        fitted afterwards too (:meth:`fit_output_statistics`; off by default: on the demo data it did not
+        speed up force learning once the descriptor inputs were normalised). Call it once on training data
+        before a fresh training run; the scales are part of the weights / metadata afterwards. Returns False
+        when there was nothing to fit.
         """
         graphs = list(graphs)
         fitted = False
@@ -234,7 +234,7 @@ class Potential(nn.Module):
                 fn([self._edge_sample(g)[:3] for g in graphs])
             self._energy_fn = None
             fitted = True
-        return self.fit_output_statistics(graphs) or fitted
+        return (heads and self.fit_output_statistics(graphs)) or fitted
 
     def _edge_sample(self, g: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         """(types, edge_index, edge vectors, graph index per atom, number of graphs) of a graph or batch."""

@@ -29,7 +29,7 @@ def test_statistics_change_scales_and_survive_export(preset: str, tmp_path) -> N
     graphs = _graphs(model)
     batch = collate(graphs)
     before = model(batch)["energy"].detach().clone()
-    assert model.fit_descriptor_statistics(graphs)
+    assert model.fit_descriptor_statistics(graphs, heads=True)
     after = model(batch)["energy"].detach()
     # molecules have few neighbours compared with sel: the scales shrink, the inputs (and energies) change
     assert not torch.allclose(before, after)
@@ -65,7 +65,7 @@ def test_head_statistics_standardise_features_and_set_force_scale(preset: str) -
     batch = collate(graphs)
     untrained = model(batch)["forces"].detach()
     data_rms = float(batch.forces.pow(2).mean().sqrt())
-    assert model.fit_descriptor_statistics(graphs)
+    assert model.fit_descriptor_statistics(graphs, heads=True)
     head = model.heads["pbe"]
     types = model.types_from_numbers(batch.numbers)
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_head_statistics_standardise_features_and_set_force_scale(preset: str) -
 def test_isolated_atom_keeps_its_reference_after_statistics() -> None:
     model = lam.build_model("student", type_map=["H", "C", "N", "O"], heads=["pbe"], dtype="float64")
     model.set_element_energies("pbe", {"H": -13.6, "C": -1030.0, "N": -1480.0, "O": -2040.0})
-    model.fit_descriptor_statistics(_graphs(model, 8))
+    model.fit_descriptor_statistics(_graphs(model, 8), heads=True)
     assert float(model.heads["pbe"].scale) != 1.0
     for symbol, ref in {"H": -13.6, "O": -2040.0}.items():
         atom = AtomicGraph.from_atoms(Atoms(symbol, positions=[[0.0, 0.0, 0.0]]), model.rcut, dtype=torch.float64)
@@ -108,7 +108,7 @@ def test_statistics_per_head_follow_each_heads_data() -> None:
         twin.head = torch.tensor([1])
         twin.forces = 3.0 * twin.forces  # head b: same structures, forces three times larger
         graphs += [g, twin]
-    model.fit_descriptor_statistics(graphs)
+    assert model.fit_output_statistics(graphs)
     a, b = model.heads["a"], model.heads["b"]
     assert float(b.scale) == pytest.approx(3.0 * float(a.scale), rel=1e-9)
     torch.testing.assert_close(a.input_mean, b.input_mean)
@@ -117,7 +117,7 @@ def test_statistics_per_head_follow_each_heads_data() -> None:
 def test_weights_without_head_normalisation_load_as_identity() -> None:
     model = lam.build_model("student", type_map=["H", "C", "N", "O"], heads=["pbe"], dtype="float64")
     state = {k: v for k, v in model.state_dict().items() if "input_" not in k}
-    model.fit_descriptor_statistics(_graphs(model, 4))
+    model.fit_descriptor_statistics(_graphs(model, 4), heads=True)
     model.load_state_dict(state, strict=True)
     assert torch.equal(model.heads["pbe"].input_mean, torch.zeros_like(model.heads["pbe"].input_mean))
     assert torch.equal(model.heads["pbe"].input_std, torch.ones_like(model.heads["pbe"].input_std))
@@ -126,7 +126,7 @@ def test_weights_without_head_normalisation_load_as_identity() -> None:
 def test_compressed_student_matches_after_statistics() -> None:
     model = lam.build_model("student", type_map=["H", "C", "N", "O"], heads=["pbe"], dtype="float64")
     graphs = _graphs(model, 8)
-    model.fit_descriptor_statistics(graphs)
+    model.fit_descriptor_statistics(graphs, heads=True)
     model.eval()
     batch = collate(graphs)
     ref = model(batch)

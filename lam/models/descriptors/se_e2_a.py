@@ -96,7 +96,7 @@ class SeE2A(nn.Module):
             which must vanish at the cutoff), so that the first tanh layer sees centred inputs.
 
     Features are returned unnormalised (their size depends on the neighbour count and ``sel``); the fitting
-    heads standardise them with statistics fitted from data (:class:`lam.models.heads.FittingHead`).
+    heads can standardise them (``Potential.fit_output_statistics``).
     """
 
     __jit_unused_properties__ = ["cutoffs", "config"]

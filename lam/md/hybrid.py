@@ -136,8 +136,8 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     conservative ones, the larger the outer step can be. Returns the final RMS of ``F_NC - F_C`` (eV/Å).
     """
     from lam.data import keys as K
+    from lam.data.graph import edge_vectors
     from lam.md.calculator import atoms_to_batch
-    from lam.models.potential import edge_vectors
 
     if model.direct_force_head is None:
         raise ValueError("distill_direct_head needs a model with a direct-force head")

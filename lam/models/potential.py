@@ -18,6 +18,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from torch import Tensor, nn
 
 from lam.data import keys as K
+from lam.data.graph import edge_vectors
 from lam.models.heads import FittingHead
 
 _MAX_Z = 119
@@ -31,15 +32,6 @@ def _field(batch: Any, key: str) -> Tensor | None:
         return batch[key] if key in batch else None
     except (KeyError, AttributeError, TypeError):
         return getattr(batch, key, None)
-
-
-def edge_vectors(pos: Tensor, edge_index: Tensor, shifts: Tensor, cell: Tensor, batch: Tensor) -> Tensor:
-    """``r_ij = pos[j] - pos[i] + shifts_ij @ cell[graph(i)]`` (E, 3)."""
-    i, j = edge_index[0], edge_index[1]
-    vec = pos[j] - pos[i]
-    if shifts.numel() > 0:
-        vec = vec + torch.einsum("ek,ekl->el", shifts, cell[batch[i]])
-    return vec
 
 
 class EnergyCore(nn.Module):

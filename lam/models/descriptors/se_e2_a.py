@@ -47,37 +47,50 @@ class _TabulatedEmbedding(torch.autograd.Function):
     """G(s) from per-interval cubic coefficients; backward gives dL/ds = sum_m dL/dG_m * dG_m/ds.
 
     ``table`` is (4, P, K, M): one contiguous table per cubic coefficient, so that every gather and every
-    Horner step runs on contiguous (E, M) tensors.
+    Horner step runs on contiguous (E, M) tensors. Intervals ``0 .. n_fine - 1`` have width ``s_step`` and
+    start at 0, the following ones width ``coarse_step`` (a coarser extension of the range). Beyond the
+    last interval G continues linearly with its end slope (value and slope continuous, so forces stay
+    the exact gradient of the energy): a cubic extrapolated far past its interval grows like ``t**3`` and
+    drives close pairs into an unphysical, ever steeper well.
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, pair: Tensor, table: Tensor, s_step: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, s: Tensor, pair: Tensor, table: Tensor, s_step: float, n_fine: int,  # type: ignore[override]
+                coarse_step: float) -> Tensor:
         _, n_pair, n_int, m = table.shape
         x = s / s_step
+        if n_int > n_fine:
+            fine = x < n_fine
+            x = torch.where(fine, x, n_fine + (s - n_fine * s_step) / coarse_step)
         k = x.floor().clamp_(0, n_int - 1)
         t = (x - k).unsqueeze(-1)
+        tc = t.clamp(max=1.0)  # t > 1 only past the end of the table: linear continuation
         rows = pair * n_int + k.long()
         a, b, c, d = (table[i].view(n_pair * n_int, m).index_select(0, rows) for i in range(4))
-        g = d * t
+        g = d * tc
         g += c
-        g *= t
+        g *= tc
         g += b
-        g *= t
+        g *= tc
         g += a
-        if ctx.needs_input_grad[0]:  # dG/dt = b + t (2 c + 3 t d); 1 / s_step is applied in backward
-            d *= 3.0 * t
-            d += 2.0 * c
-            d *= t
-            d += b
-            ctx.save_for_backward(d)
-            ctx.s_step = s_step
+        # dG/dt = b + t (2 c + 3 t d) at tc; 1 / step is applied in backward
+        d *= 3.0 * tc
+        d += 2.0 * c
+        d *= tc
+        d += b
+        g += d * (t - tc)
+        if ctx.needs_input_grad[0]:
+            inv_step = torch.full_like(s, 1.0 / s_step)
+            if n_int > n_fine:
+                inv_step = torch.where(fine, inv_step, 1.0 / coarse_step)
+            ctx.save_for_backward(d, inv_step)
         return g
 
     @staticmethod
     def backward(ctx, grad_g: Tensor):  # type: ignore[override]
-        (dg_dt,) = ctx.saved_tensors
-        grad_s = torch.bmm(grad_g.unsqueeze(1), dg_dt.unsqueeze(2)).view(-1) / ctx.s_step
-        return grad_s, None, None, None
+        dg_dt, inv_step = ctx.saved_tensors
+        grad_s = torch.bmm(grad_g.unsqueeze(1), dg_dt.unsqueeze(2)).view(-1) * inv_step
+        return grad_s, None, None, None, None, None
 
 
 class SeE2A(nn.Module):
@@ -129,40 +142,65 @@ class SeE2A(nn.Module):
         self.act = make_activation(activation)
         self.table: Tensor | None = None
         self.table_step = 0.0
-        self.table_args = (0.5, 128)
+        self.table_coarse_step = 0.0
+        self.table_n_fine = 0
+        self.table_args: tuple = ()
         self.table_stamp: tuple = ()
 
     @torch.no_grad()
-    def compress(self, r_min: float = 0.5, n_intervals: int = 128) -> None:
+    def compress(self, r_min: float = 0.5, n_intervals: int | None = None, extrapolate: float = 5.0,
+                 coarse_ratio: int = 10, stride: float = 0.01) -> None:
         """Tabulate the embedding net (DeePMD-kit's model compression) for fast inference.
 
-        Every type pair's net ``G(s)`` is replaced, in eval mode, by a cubic Hermite interpolant on
-        ``n_intervals`` uniform intervals of ``s`` in ``[0, s(r_min)]`` (values and exact slopes at the nodes,
-        from forward-mode AD in float64); pairs closer than ``r_min`` extrapolate the last cubic. Training
-        mode always runs the network. Call again after the weights change.
+        Every type pair's net ``G(s)`` is replaced, in eval mode, by cubic Hermite pieces (values and exact
+        slopes at the nodes, from forward-mode AD in float64): ``n_intervals`` uniform intervals of ``s`` in
+        ``[0, s(r_min)]`` (default: width ``stride`` in the net's standardised input, as DeePMD-kit; force
+        errors ~1e-6 relative), then intervals ``coarse_ratio`` times wider up to ``extrapolate * s(r_min)``
+        (pairs down to ``r_min / extrapolate``); closer pairs continue the last piece linearly. The
+        tabulated energy is C1 in the positions, so forces stay its exact gradient. ``s`` is the scaled
+        radial value of :meth:`forward` (``s(r) / env_std``) and :meth:`embedding` applies ``env_shift``
+        itself, so the table follows both. Training mode always runs the network; the table is rebuilt
+        when a weight or the statistics (``env_std``, ``env_shift``) change.
         """
         s_max = 1.0 / (r_min * self.env_std)
+        auto = n_intervals is None
+        if n_intervals is None:
+            n_intervals = max(1, math.ceil(s_max / stride))
+        if r_min <= 0 or n_intervals < 1 or extrapolate < 1 or coarse_ratio < 1:
+            raise ValueError(f"compress needs r_min > 0, n_intervals >= 1, extrapolate >= 1 and coarse_ratio >= 1, "
+                             f"got {r_min}, {n_intervals}, {extrapolate}, {coarse_ratio}")
         step = s_max / n_intervals
-        nodes = torch.arange(n_intervals + 1, dtype=torch.float64, device=self.first_weight.device) * step
+        coarse_step = step * coarse_ratio
+        n_coarse = math.ceil((extrapolate - 1.0) * s_max / coarse_step - 1e-9)
+        device = self.first_weight.device
+        nodes = torch.cat([torch.arange(n_intervals + 1, dtype=torch.float64, device=device) * step,
+                           s_max + torch.arange(1, n_coarse + 1, dtype=torch.float64, device=device) * coarse_step])
+        width = (nodes[1:] - nodes[:-1]).unsqueeze(-1)  # (K, 1)
         ref = copy.deepcopy(self).double()
+        ref.table = None
         npair = self.ntypes * self.ntypes
         values, slopes = [], []
         for p in range(npair):
             pair = torch.full_like(nodes, p, dtype=torch.long)
             v, dv = torch.func.jvp(lambda x, pair=pair: ref.embedding(x, pair), (nodes,), (torch.ones_like(nodes),))
             values.append(v)
-            slopes.append(dv * step)
+            slopes.append(dv)
         v, dv = torch.stack(values), torch.stack(slopes)  # (P, K + 1, M)
-        v0, v1, d0, d1 = v[:, :-1], v[:, 1:], dv[:, :-1], dv[:, 1:]
+        v0, v1, d0, d1 = v[:, :-1], v[:, 1:], dv[:, :-1] * width, dv[:, 1:] * width
         coef = torch.stack([v0, d0, 3.0 * (v1 - v0) - 2.0 * d0 - d1, 2.0 * (v0 - v1) + d0 + d1])
         self.table = coef.to(self.first_weight.dtype).contiguous()  # (4, P, K, M)
         self.table_step = step
-        self.table_args = (r_min, n_intervals)
+        self.table_coarse_step = coarse_step
+        self.table_n_fine = n_intervals
+        self.table_args = (r_min, None, extrapolate, coarse_ratio, stride) if auto else \
+            (r_min, n_intervals, extrapolate, coarse_ratio, stride)
         self.table_stamp = self._weights_stamp()
 
     def _weights_stamp(self) -> tuple:
-        """Identity and in-place version of every embedding weight: changes whenever a weight changes."""
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.embedding_parameters())
+        """Identity and in-place version of every embedding weight, and the input scaling (``env_std``,
+        ``env_shift``): changes whenever anything the table depends on changes."""
+        return (self.env_std, self.env_shift,
+                *((p.data_ptr(), p._version, p.dtype) for p in self.embedding_parameters()))
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return [self.first_weight, self.first_bias, *self.layers.parameters()]
@@ -176,7 +214,8 @@ class SeE2A(nn.Module):
         if self._weights_stamp() != self.table_stamp:
             self.compress(*self.table_args)
         table = self.table.to(device=s.device, dtype=s.dtype)
-        return _TabulatedEmbedding.apply(s, pair, table, self.table_step)
+        return _TabulatedEmbedding.apply(s, pair, table, self.table_step, self.table_n_fine,
+                                         self.table_coarse_step)
 
     @torch.no_grad()
     def compute_env_stats(self, samples: list[tuple[Tensor, Tensor, Tensor]]) -> None:
@@ -199,7 +238,7 @@ class SeE2A(nn.Module):
             std = math.sqrt(max(s2 / n - mean * mean, 0.0))
             self.env_std = max(std, 1e-2)
             self.env_shift = mean / self.env_std
-            self.table = None  # a tabulation made with the old scale is stale
+            # a table made with the old scale is stale: the changed stamp rebuilds it on the next eval pass
 
     @property
     def cutoffs(self) -> list[float]:

@@ -72,8 +72,7 @@ def run_explore(task: ExploreTask, trajectory: str | None = None, threads: int =
     torch.set_num_threads(threads)
     model = lam.load(task.model_dir)
     atoms = frame_to_atoms(task.structure)
-    # uncompressed: the tabulated student embedding is under investigation for energy conservation in MD
-    atoms.calc = lam.LAMCalculator(model, head=task.head, compress=False)
+    atoms.calc = lam.LAMCalculator(model, head=task.head)  # tabulated student embedding (compressed)
     thermalize_momenta(atoms, temperature_K=task.temperature, rng=np.random.default_rng(task.seed))
     Stationary(atoms)
     dyn = _make_dynamics(atoms, task)

@@ -292,8 +292,8 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
         device: torch device (default: the model's).
         keep_velocities: keep the velocities ``structure`` carries instead of drawing new ones.
         progress: show a tqdm progress bar.
-        compress: tabulate the se_e2_a embedding (faster). Off by default: with lam 0.1.0 the tabulated
-            embedding does not conserve energy (tests/md/test_drift_model.py shows it).
+        compress: tabulate the se_e2_a embedding (faster; conserves energy as the network does, see
+            tests/md/test_drift_model.py). Off by default so that MD runs the exact network.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")

@@ -73,16 +73,9 @@ def build_molecule(name: str):
 
 # --------------------------------------------------------------------------------------------- PySCF work
 def _pyscf_mol(numbers: np.ndarray, positions: np.ndarray, basis: str):
-    from pyscf import gto
+    from lam.calculators.pyscf import build_mol
 
-    return gto.M(
-        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, positions)],
-        basis=basis,
-        unit="Angstrom",
-        charge=0,
-        spin=0,
-        verbose=0,
-    )
+    return build_mol(numbers, positions, basis, charge=0, spin=0)
 
 
 def _worker_init() -> None:
@@ -97,21 +90,10 @@ def pyscf_energy_forces(
     numbers: np.ndarray, positions: np.ndarray, xc: str, basis: str = BASIS, conv_tol: float = CONV_TOL
 ) -> tuple[float, np.ndarray, dict]:
     """RKS energy (eV) and forces (eV/Å, with DFT-grid response) for a closed-shell neutral molecule."""
-    from ase.units import Bohr, Hartree
-    from pyscf import dft
+    from lam.calculators.pyscf import ks_energy_forces
 
-    mol = _pyscf_mol(numbers, positions, basis)
-    mf = dft.RKS(mol)
-    mf.xc = xc
-    mf.conv_tol = conv_tol
-    e_ha = mf.kernel()
-    if not mf.converged:
-        raise RuntimeError(f"SCF did not converge (xc={xc}, numbers={numbers.tolist()})")
-    grad = mf.nuc_grad_method()
-    grad.grid_response = True
-    g = grad.kernel()
-    forces = -np.asarray(g) * Hartree / Bohr
-    return float(e_ha) * Hartree, forces, {"e_hartree": float(e_ha)}
+    energy, forces, e_hartree = ks_energy_forces(numbers, positions, xc, basis, charge=0, spin=0, conv_tol=conv_tol)
+    return energy, forces, {"e_hartree": e_hartree}
 
 
 def _hessian_task(name: str) -> tuple[str, dict]:

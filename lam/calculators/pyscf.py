@@ -13,6 +13,42 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
 
+def build_mol(numbers: np.ndarray, positions: np.ndarray, basis: str = "def2-svp", charge: int = 0,
+              spin: int | None = None, max_memory: int = 2000) -> Any:
+    """A PySCF molecule from atomic numbers and Cartesian positions in Å (spin: 2S, default lowest)."""
+    from pyscf import gto
+
+    n_electrons = int(np.asarray(numbers).sum()) - charge
+    return gto.M(
+        atom=[(int(z), tuple(map(float, p))) for z, p in zip(numbers, positions)],
+        unit="Angstrom", basis=basis, charge=charge, spin=n_electrons % 2 if spin is None else spin,
+        verbose=0, max_memory=max_memory,
+    )
+
+
+def ks_energy_forces(numbers: np.ndarray, positions: np.ndarray, xc: str = "pbe", basis: str = "def2-svp",
+                     charge: int = 0, spin: int | None = None, conv_tol: float = 1e-10, grid_level: int = 3,
+                     grid_response: bool = True, max_memory: int = 2000) -> tuple[float, np.ndarray, float]:
+    """Kohn–Sham energy (eV), forces (eV/Å) and energy (Hartree); RKS for closed shells, UKS otherwise.
+
+    With ``grid_response`` the forces are the exact derivative of the energy (the DFT grid moves with the atoms).
+    """
+    from pyscf import dft
+
+    mol = build_mol(numbers, positions, basis, charge, spin, max_memory)
+    mf = dft.RKS(mol) if mol.spin == 0 else dft.UKS(mol)
+    mf.xc = xc
+    mf.conv_tol = conv_tol
+    mf.grids.level = grid_level
+    e_hartree = float(mf.kernel())
+    if not mf.converged:
+        raise RuntimeError(f"PySCF SCF did not converge ({xc}/{basis}, numbers={np.asarray(numbers).tolist()})")
+    grad = mf.nuc_grad_method()
+    grad.grid_response = grid_response
+    forces = -np.asarray(grad.kernel()) * Hartree / Bohr
+    return e_hartree * Hartree, forces, e_hartree
+
+
 class PySCFCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces"]
 
@@ -26,27 +62,11 @@ class PySCFCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:  # noqa: ANN001
         super().calculate(atoms, properties, system_changes)
-        from pyscf import dft, gto
-
         if self.atoms.pbc.any():
             raise ValueError("PySCFCalculator handles molecules only (pbc must be False)")
-        n_electrons = int(self.atoms.numbers.sum()) - self.charge
-        spin = self.spin if self.spin is not None else n_electrons % 2
-        mol = gto.M(
-            atom=[(int(z), tuple(p)) for z, p in zip(self.atoms.numbers, self.atoms.positions)],
-            unit="Angstrom", basis=self.basis, charge=self.charge, spin=spin, verbose=0,
-            max_memory=self.max_memory,
-        )
-        mf = dft.RKS(mol) if spin == 0 else dft.UKS(mol)
-        mf.xc = self.xc
-        mf.conv_tol = self.conv_tol
-        mf.grids.level = self.grid_level
-        energy = mf.kernel()
-        if not mf.converged:
-            raise RuntimeError(f"PySCF SCF did not converge ({self.xc}/{self.basis})")
-        grad = mf.nuc_grad_method()
-        grad.grid_response = self.grid_response
-        gradient = grad.kernel()
-        self.results["energy"] = float(energy) * Hartree
-        self.results["free_energy"] = self.results["energy"]
-        self.results["forces"] = -np.asarray(gradient) * Hartree / Bohr
+        energy, forces, _ = ks_energy_forces(
+            self.atoms.numbers, self.atoms.positions, self.xc, self.basis, self.charge, self.spin, self.conv_tol,
+            self.grid_level, self.grid_response, self.max_memory)
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = forces

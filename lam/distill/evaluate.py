@@ -13,20 +13,26 @@ from lam.data import keys as K
 from lam.data.frame import Frame
 
 
+def _graphs(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, start: int = 0) -> list:
+    """Label-free graphs of ``frames`` at the model's cutoff and dtype (labels are never read by the model)."""
+    from lam.data.graph import AtomicGraph
+
+    return [AtomicGraph.from_frame(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc),
+                                   float(model.rcut), head=head_index, dtype=model.dtype, where=f"frame {start + i}")
+            for i, f in enumerate(frames)]
+
+
 def predict(model: torch.nn.Module, frames: Sequence[Frame], head: str, batch_size: int = 32,
             compute_virial: bool = False) -> list[Frame]:
     """Energies and forces (and virials of periodic frames) of ``model``'s ``head`` for each frame, batched."""
-    from lam.data.graph import AtomicGraph, collate
+    from lam.data.graph import collate
 
     head_index = model.head_names.index(head)
     device = next(model.parameters()).device
     out_frames: list[Frame] = []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start:start + batch_size]
-        graphs = [AtomicGraph.from_frame(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc),
-                                         float(model.rcut), head=head_index, dtype=model.dtype,
-                                         where=f"frame {start + i}") for i, f in enumerate(chunk)]
-        batch = collate(graphs).to(device)
+        batch = collate(_graphs(model, chunk, head_index, start)).to(device)
         virial = compute_virial and all(f.pbc.all() and f.volume > 0 for f in chunk)
         out = model(batch, compute_forces=True, compute_virial=virial)
         energy = out[K.ENERGY].detach().double().cpu().numpy()
@@ -65,12 +71,9 @@ def time_energy_forces(model: torch.nn.Module, frames: Sequence[Frame], head: st
 def time_model_only(model: torch.nn.Module, frames: Sequence[Frame], head: str, repeats: int = 5,
                     warmup: int = 2) -> float:
     """Median seconds of the model's energy+forces on one prebuilt batch of all ``frames`` (no graph building)."""
-    from lam.data.graph import AtomicGraph, collate
+    from lam.data.graph import collate
 
-    index = model.head_names.index(head)
-    batch = collate([AtomicGraph.from_frame(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc),
-                                            float(model.rcut), head=index, dtype=model.dtype) for f in frames])
-    batch = batch.to(next(model.parameters()).device)
+    batch = collate(_graphs(model, frames, model.head_names.index(head))).to(next(model.parameters()).device)
     times = []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()

@@ -556,7 +556,8 @@ class DistillLoop:
         return frames
 
     def _speed_frames(self) -> list[Frame]:
-        explored = self.store.load_frames("explore", self._first_explore_key())[0] if self._first_explore_key() else []
+        key = self._first_explore_key()
+        explored = self.store.load_frames("explore", key)[0] if key else []
         base = explored or _read_structures(self.structures)
         reps = int(np.ceil(self.report.speed_frames / max(1, len(base))))
         return (base * reps)[: self.report.speed_frames]

@@ -24,9 +24,9 @@ from torch_geometric.data import Batch, Data
 
 from lam.data import keys as K
 from lam.data.frame import Frame
-from lam.data.neighbors import neighbor_list
+from lam.data.neighbors import neighbor_list, neighbor_lists
 
-__all__ = ["AtomicGraph", "atoms_to_frame", "collate", "edge_vectors", "frame_to_atoms"]
+__all__ = ["AtomicGraph", "atoms_to_frame", "collate", "collate_frames", "edge_vectors", "frame_to_atoms"]
 
 
 def _stress_to_virial(stress: Any, volume: float, where: str) -> np.ndarray:
@@ -228,6 +228,120 @@ def collate(graphs: Sequence[AtomicGraph]) -> Batch:
     if not graphs:
         raise ValueError("collate needs at least one graph")
     return Batch.from_data_list(graphs)
+
+
+# Non-periodic frames with at most this many atoms share one neighbour search in :func:`collate_frames`.
+_SHARED_SEARCH_MAX_ATOMS = 256
+
+
+def _open_frames_edges(frames: Sequence[Frame], cutoff: float, where: str) -> list[np.ndarray]:
+    """Edge indices (local atom numbering) of non-periodic frames from ONE vesin search.
+
+    The molecules are translated onto a cubic grid whose spacing exceeds the largest molecule's extent plus the
+    cutoff, so atoms of different frames are never neighbours; the sorted global edge list then splits into each
+    frame's own sorted list. Translations change distances only by rounding (~1e-14 Å): the edges are those of
+    the per-frame search except, in principle, a pair within that distance of the cutoff.
+    """
+    counts = np.array([f.n_atoms for f in frames], dtype=np.int64)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    lows = np.stack([f.positions.min(axis=0) if f.n_atoms else np.zeros(3) for f in frames])
+    spans = np.stack([np.ptp(f.positions, axis=0) if f.n_atoms else np.zeros(3) for f in frames])
+    spacing = float(spans.max()) + cutoff + 1.0
+    side = max(1, int(np.ceil(len(frames) ** (1.0 / 3.0) - 1e-9)))
+    cells = np.arange(len(frames))
+    grid = np.stack([cells % side, (cells // side) % side, cells // (side * side)], axis=1) * spacing
+    offsets = np.repeat(grid - lows, counts, axis=0)
+    positions = np.concatenate([f.positions for f in frames]) + offsets
+    nl = neighbor_lists(positions, np.zeros((3, 3)), False, [cutoff], where=where)[0]
+    owner = np.searchsorted(ptr, nl.edge_index[0], side="right") - 1
+    bounds = np.searchsorted(owner, np.arange(len(frames) + 1))
+    return [nl.edge_index[:, bounds[k]:bounds[k + 1]] - ptr[k] for k in range(len(frames))]
+
+
+def collate_frames(
+    frames: Sequence[Frame],
+    cutoff: float,
+    head: int | Sequence[int] = 0,
+    weight: float | Sequence[float] = 1.0,
+    dtype: torch.dtype = torch.float64,
+    *,
+    where: str = "frame",
+) -> Batch:
+    """One batch of ``frames``, equal to ``collate([AtomicGraph.from_frame(f, cutoff, ...) for f in frames])``.
+
+    Much faster for many small molecules: non-periodic frames of up to 256 atoms share a single neighbour
+    search (see :func:`_open_frames_edges`) and the batch tensors are built at once instead of graph by graph.
+    Periodic (or larger) frames get their own search as in :meth:`AtomicGraph.from_frame`. ``head`` and
+    ``weight`` are one value for all frames or one per frame; error messages name ``f"{where} {index}"``.
+    """
+    frames = list(frames)
+    n_graphs = len(frames)
+    if n_graphs == 0:
+        raise ValueError("collate_frames needs at least one frame")
+    heads = np.broadcast_to(np.asarray(head, dtype=np.int64), (n_graphs,)).copy()
+    weights = np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_graphs,)).copy()
+    for k, frame in enumerate(frames):
+        _check_frame(frame, f"{where} {k}")
+        if not np.all(np.isfinite(frame.positions)):  # the per-frame search names the frame and the atom
+            neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, where=f"{where} {k}")
+    edges: list[np.ndarray | None] = [None] * n_graphs
+    shifts: list[np.ndarray | None] = [None] * n_graphs
+    shared = [k for k, f in enumerate(frames) if not np.any(f.pbc) and f.n_atoms <= _SHARED_SEARCH_MAX_ATOMS]
+    if shared:
+        for k, e in zip(shared, _open_frames_edges([frames[k] for k in shared], cutoff, where)):
+            edges[k], shifts[k] = e, np.zeros((e.shape[1], 3), dtype=np.int64)
+    for k, frame in enumerate(frames):
+        if edges[k] is None:
+            nl = neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, where=f"{where} {k}")
+            edges[k], shifts[k] = nl.edge_index, nl.shifts
+
+    counts = np.array([f.n_atoms for f in frames], dtype=np.int64)
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    n_edges = np.array([e.shape[1] for e in edges], dtype=np.int64)
+    edge_ptr = np.concatenate([[0], np.cumsum(n_edges)])
+
+    def f(x: Any) -> Tensor:
+        return torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)
+
+    def label(name: str, shape: tuple[int, ...], per_atom: bool) -> tuple[Tensor, Tensor]:
+        values = [getattr(fr, name) for fr in frames]
+        present = torch.as_tensor([v is not None for v in values], dtype=torch.bool)
+        rows = [np.zeros((fr.n_atoms, *shape) if per_atom else shape) if v is None else
+                np.asarray(v, dtype=np.float64).reshape((fr.n_atoms, *shape) if per_atom else shape)
+                for fr, v in zip(frames, values)]
+        stacked = np.concatenate(rows) if per_atom else np.stack(rows)
+        return f(stacked), present
+
+    energy, has_energy = label("energy", (), per_atom=False)
+    forces, has_forces = label("forces", (3,), per_atom=True)
+    virial, has_virial = label("virial", (3, 3), per_atom=False)
+    edge_index = np.concatenate([e + ptr[k] for k, e in enumerate(edges)], axis=1)
+    fields = {
+        K.POSITIONS: f(np.concatenate([fr.positions for fr in frames])),
+        K.NUMBERS: torch.as_tensor(np.concatenate([np.asarray(fr.numbers) for fr in frames]), dtype=torch.int64),
+        K.CELL: f(np.stack([np.asarray(fr.cell, dtype=np.float64).reshape(3, 3) for fr in frames])),
+        K.PBC: torch.as_tensor(np.stack([np.asarray(fr.pbc, dtype=bool).reshape(3) for fr in frames])),
+        K.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.int64),
+        K.SHIFTS: f(np.concatenate(shifts)),
+        K.ENERGY: energy, K.FORCES: forces, K.VIRIAL: virial,
+        K.HAS_ENERGY: has_energy, K.HAS_FORCES: has_forces, K.HAS_VIRIAL: has_virial,
+        K.HEAD: torch.as_tensor(heads), K.WEIGHT: f(weights),
+        K.BATCH: torch.repeat_interleave(torch.arange(n_graphs), torch.as_tensor(counts)),
+        K.PTR: torch.as_tensor(ptr),
+    }
+    out = Batch(_base_cls=AtomicGraph)
+    for key, value in fields.items():
+        out[key] = value
+    # what Batch.from_data_list records, so that indexing and ``to_data_list`` work as on a collated batch
+    node, graph = torch.as_tensor(ptr), torch.arange(n_graphs + 1)
+    slices = {K.EDGE_INDEX: torch.as_tensor(edge_ptr), K.SHIFTS: torch.as_tensor(edge_ptr)}
+    slices.update({key: node for key in (K.POSITIONS, K.NUMBERS, K.FORCES)})
+    slices.update({key: graph for key in fields if key not in slices and key not in (K.BATCH, K.PTR)})
+    out._slice_dict = slices
+    out._inc_dict = {key: torch.as_tensor(ptr[:-1]) if key == K.EDGE_INDEX else torch.zeros(n_graphs, dtype=torch.int64)
+                     for key in slices}
+    out._num_graphs = n_graphs
+    return out
 
 
 def edge_vectors(pos: Tensor, edge_index: Tensor, shifts: Tensor, cell: Tensor, batch: Tensor | None = None) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,26 +14,27 @@ from lam.data import keys as K
 from lam.data.frame import Frame
 
 
-def _graphs(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, start: int = 0) -> list:
-    """Label-free graphs of ``frames`` at the model's cutoff and dtype (labels are never read by the model)."""
-    from lam.data.graph import AtomicGraph
+def _batch(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, start: int = 0) -> Any:
+    """One label-free batch of ``frames`` at the model's cutoff and dtype (labels are never read by the model).
 
-    return [AtomicGraph.from_frame(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc),
-                                   float(model.rcut), head=head_index, dtype=model.dtype, where=f"frame {start + i}")
-            for i, f in enumerate(frames)]
+    Small molecules share one neighbour search (:func:`lam.data.graph.collate_frames`).
+    """
+    from lam.data.graph import collate_frames
+
+    bare = [Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames]
+    where = f"frames {start}..{start + len(frames) - 1}: frame"
+    return collate_frames(bare, float(model.rcut), head=head_index, dtype=model.dtype, where=where)
 
 
 def predict(model: torch.nn.Module, frames: Sequence[Frame], head: str, batch_size: int = 32,
             compute_virial: bool = False) -> list[Frame]:
     """Energies and forces (and virials of periodic frames) of ``model``'s ``head`` for each frame, batched."""
-    from lam.data.graph import collate
-
     head_index = model.head_names.index(head)
     device = next(model.parameters()).device
     out_frames: list[Frame] = []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start:start + batch_size]
-        batch = collate(_graphs(model, chunk, head_index, start)).to(device)
+        batch = _batch(model, chunk, head_index, start).to(device)
         virial = compute_virial and all(f.pbc.all() and f.volume > 0 for f in chunk)
         out = model(batch, compute_forces=True, compute_virial=virial)
         energy = out[K.ENERGY].detach().double().cpu().numpy()
@@ -71,9 +73,7 @@ def time_energy_forces(model: torch.nn.Module, frames: Sequence[Frame], head: st
 def time_model_only(model: torch.nn.Module, frames: Sequence[Frame], head: str, repeats: int = 5,
                     warmup: int = 2) -> float:
     """Median seconds of the model's energy+forces on one prebuilt batch of all ``frames`` (no graph building)."""
-    from lam.data.graph import collate
-
-    batch = collate(_graphs(model, frames, model.head_names.index(head))).to(next(model.parameters()).device)
+    batch = _batch(model, frames, model.head_names.index(head)).to(next(model.parameters()).device)
     times = []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()

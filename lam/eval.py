@@ -301,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="keys: " + ", ".join(f"{k} (default {v.default!r})" for k, v in EvalConfig.__dataclass_fields__.items()))
     parser.add_argument("overrides", nargs="*", help="key=value options")
     args = parser.parse_args(argv)
+    from lam.runtime import configure_allocator
+
+    configure_allocator()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.overrides)

@@ -208,8 +208,10 @@ def run_finetuning(cfg: DictConfig) -> dict[str, Any]:
     from lam.eval import evaluate
     from lam.finetune.bias import refit_element_references
     from lam.finetune.strategies import apply_strategy, prepare_heads
+    from lam.runtime import configure_allocator
 
     check_finetune_config(cfg)
+    configure_allocator()
     if cfg.finetune.get("learning_curve"):
         from lam.finetune.learning_curve import run_learning_curve
 

@@ -82,6 +82,9 @@ class LAMCalculator(Calculator):
     def __init__(self, model: Potential, head: str | None = None, committee: list[Potential] | None = None,
                  device: torch.device | str | None = None, compress: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        from lam.runtime import configure_allocator
+
+        configure_allocator()  # keep large freed tensors in the heap (see lam.runtime)
         if head is None:
             if len(model.head_names) > 1:
                 raise ValueError(f"the model has heads {model.head_names}: pass head=...")

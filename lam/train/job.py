@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from lam.checkpoint import export_model
+from lam.runtime import configure_allocator
 from lam.train.callbacks import AtomicCheckpointIO, SeenFramesRecorder, ValidationHistory
 from lam.train.module import PotentialModule
 
@@ -96,6 +97,7 @@ def _validation_metrics(trainer: L.Trainer, module: PotentialModule, datamodule:
 def run_pretraining(cfg: DictConfig) -> dict[str, Any]:
     """Train, checkpoint and export; returns ``{"export_dir", "metrics", "initial_metrics"}`` (rank 0 exports)."""
     check_config(cfg)
+    configure_allocator()
     output_dir = Path(str(cfg.output_dir)).resolve()
     ckpt_dir = output_dir / "checkpoints"
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)

@@ -233,7 +233,10 @@ def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: in
     """
     import torch
 
+    from lam.runtime import configure_allocator
+
     torch.set_num_threads(1)
+    malloc_tuned = configure_allocator()  # as lam's entry points do (LAM_MALLOC_TUNING=0 turns it off)
     frame = water_frame(n_atoms)
     model = build_lam_model(preset, dtype, device, compile_mode)
     compressed = bool(model.compress()) if compress else False
@@ -245,7 +248,7 @@ def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: in
     rss0 = _max_rss_mb()
     out: dict[str, Any] = {
         "code": "lam", "preset": preset, "dtype": dtype, "n_atoms": frame.n_atoms, "device": device,
-        "compile": compile_mode, "compressed": compressed, "commit": git_state(),
+        "compile": compile_mode, "compressed": compressed, "commit": git_state(), "malloc_tuned": malloc_tuned,
         "params": sum(p.numel() for p in model.parameters()),
         "edges": int(batch["edge_index"].shape[1]),
     }

@@ -47,8 +47,9 @@ class _TabulatedEmbedding(torch.autograd.Function):
     """G(s) from per-interval cubic coefficients; backward gives dL/ds = sum_m dL/dG_m * dG_m/ds.
 
     ``table`` is (4, P, K, M): one contiguous table per cubic coefficient, so that every gather and every
-    Horner step runs on contiguous (E, M) tensors. Intervals ``0 .. n_fine - 1`` have width ``s_step`` and
-    start at 0, the following ones width ``coarse_step`` (a coarser extension of the range). Beyond the
+    Horner step (fused multiply-adds, ``addcmul``) runs on contiguous (E, M) tensors. Intervals
+    ``0 .. n_fine - 1`` have width ``s_step`` and start at 0, the following ones width ``coarse_step`` (a
+    coarser extension of the range). Beyond the
     last interval G continues linearly with its end slope (value and slope continuous, so forces stay
     the exact gradient of the energy): a cubic extrapolated far past its interval grows like ``t**3`` and
     drives close pairs into an unphysical, ever steeper well.
@@ -64,26 +65,23 @@ class _TabulatedEmbedding(torch.autograd.Function):
             x = torch.where(fine, x, n_fine + (s - n_fine * s_step) / coarse_step)
         k = x.floor().clamp_(0, n_int - 1)
         t = (x - k).unsqueeze(-1)
-        tc = t.clamp(max=1.0)  # t > 1 only past the end of the table: linear continuation
         rows = pair * n_int + k.long()
         a, b, c, d = (table[i].view(n_pair * n_int, m).index_select(0, rows) for i in range(4))
-        g = d * tc
-        g += c
-        g *= tc
-        g += b
-        g *= tc
-        g += a
-        # dG/dt = b + t (2 c + 3 t d) at tc; 1 / step is applied in backward
-        d *= 3.0 * tc
-        d += 2.0 * c
-        d *= tc
-        d += b
-        g += d * (t - tc)
+        past_end = bool((t > 1.0).any())
+        tc = t.clamp(max=1.0) if past_end else t  # t > 1 only past the end of the table: linear continuation
+        g = torch.addcmul(b, torch.addcmul(c, d, tc), tc)
+        g = torch.addcmul(a, g, tc)
+        dg_dt = None
+        if ctx.needs_input_grad[0] or past_end:
+            # dG/dt = b + t (2 c + 3 t d) = b + 2 t (c + 1.5 t d) at tc; 1 / step is applied in backward
+            dg_dt = torch.addcmul(b, torch.addcmul(c, d, tc, value=1.5), tc, value=2.0)
+            if past_end:
+                g = torch.addcmul(g, dg_dt, t - tc)
         if ctx.needs_input_grad[0]:
             inv_step = torch.full_like(s, 1.0 / s_step)
             if n_int > n_fine:
                 inv_step = torch.where(fine, inv_step, 1.0 / coarse_step)
-            ctx.save_for_backward(d, inv_step)
+            ctx.save_for_backward(dg_dt, inv_step)
         return g
 
     @staticmethod

@@ -244,14 +244,18 @@ def _open_frames_edges(frames: Sequence[Frame], cutoff: float, where: str) -> li
     """
     counts = np.array([f.n_atoms for f in frames], dtype=np.int64)
     ptr = np.concatenate([[0], np.cumsum(counts)])
-    lows = np.stack([f.positions.min(axis=0) if f.n_atoms else np.zeros(3) for f in frames])
-    spans = np.stack([np.ptp(f.positions, axis=0) if f.n_atoms else np.zeros(3) for f in frames])
+    positions = np.concatenate([f.positions for f in frames]).astype(np.float64, copy=False)
+    starts = ptr[:-1][counts > 0]
+    lows = np.zeros((len(frames), 3))
+    spans = np.zeros((len(frames), 3))
+    if positions.shape[0]:
+        lows[counts > 0] = np.minimum.reduceat(positions, starts, axis=0)
+        spans[counts > 0] = np.maximum.reduceat(positions, starts, axis=0) - lows[counts > 0]
     spacing = float(spans.max()) + cutoff + 1.0
     side = max(1, int(np.ceil(len(frames) ** (1.0 / 3.0) - 1e-9)))
     cells = np.arange(len(frames))
     grid = np.stack([cells % side, (cells // side) % side, cells // (side * side)], axis=1) * spacing
-    offsets = np.repeat(grid - lows, counts, axis=0)
-    positions = np.concatenate([f.positions for f in frames]) + offsets
+    positions = positions + np.repeat(grid - lows, counts, axis=0)
     nl = neighbor_lists(positions, np.zeros((3, 3)), False, [cutoff], where=where)[0]
     owner = np.searchsorted(ptr, nl.edge_index[0], side="right") - 1
     bounds = np.searchsorted(owner, np.arange(len(frames) + 1))
@@ -265,6 +269,7 @@ def collate_frames(
     weight: float | Sequence[float] = 1.0,
     dtype: torch.dtype = torch.float64,
     *,
+    labels: bool = True,
     where: str = "frame",
 ) -> Batch:
     """One batch of ``frames``, equal to ``collate([AtomicGraph.from_frame(f, cutoff, ...) for f in frames])``.
@@ -273,6 +278,8 @@ def collate_frames(
     search (see :func:`_open_frames_edges`) and the batch tensors are built at once instead of graph by graph.
     Periodic (or larger) frames get their own search as in :meth:`AtomicGraph.from_frame`. ``head`` and
     ``weight`` are one value for all frames or one per frame; error messages name ``f"{where} {index}"``.
+    ``labels=False`` builds a label-free batch (every label zero and flagged absent, as for frames without
+    labels) without reading or checking the frames' labels: the fast path for model evaluation.
     """
     frames = list(frames)
     n_graphs = len(frames)
@@ -281,8 +288,14 @@ def collate_frames(
     heads = np.broadcast_to(np.asarray(head, dtype=np.int64), (n_graphs,)).copy()
     weights = np.broadcast_to(np.asarray(weight, dtype=np.float64), (n_graphs,)).copy()
     for k, frame in enumerate(frames):
-        _check_frame(frame, f"{where} {k}")
-        if not np.all(np.isfinite(frame.positions)):  # the per-frame search names the frame and the atom
+        if labels:
+            _check_frame(frame, f"{where} {k}")
+        elif np.shape(frame.positions) != (frame.n_atoms, 3):
+            raise ValueError(f"{where} {k}: field 'positions' has shape {np.shape(frame.positions)}, "
+                             f"expected ({frame.n_atoms}, 3)")
+    all_positions = np.concatenate([frame.positions for frame in frames])
+    if not np.all(np.isfinite(all_positions)):
+        for k, frame in enumerate(frames):  # the per-frame search names the frame and the atom
             neighbor_list(frame.positions, frame.cell, frame.pbc, cutoff, where=f"{where} {k}")
     edges: list[np.ndarray | None] = [None] * n_graphs
     shifts: list[np.ndarray | None] = [None] * n_graphs
@@ -304,6 +317,9 @@ def collate_frames(
         return torch.as_tensor(np.asarray(x, dtype=np.float64)).to(dtype)
 
     def label(name: str, shape: tuple[int, ...], per_atom: bool) -> tuple[Tensor, Tensor]:
+        if not labels:
+            n = int(ptr[-1]) if per_atom else n_graphs
+            return torch.zeros((n, *shape), dtype=dtype), torch.zeros(n_graphs, dtype=torch.bool)
         values = [getattr(fr, name) for fr in frames]
         present = torch.as_tensor([v is not None for v in values], dtype=torch.bool)
         rows = [np.zeros((fr.n_atoms, *shape) if per_atom else shape) if v is None else
@@ -317,7 +333,7 @@ def collate_frames(
     virial, has_virial = label("virial", (3, 3), per_atom=False)
     edge_index = np.concatenate([e + ptr[k] for k, e in enumerate(edges)], axis=1)
     fields = {
-        K.POSITIONS: f(np.concatenate([fr.positions for fr in frames])),
+        K.POSITIONS: f(all_positions),
         K.NUMBERS: torch.as_tensor(np.concatenate([np.asarray(fr.numbers) for fr in frames]), dtype=torch.int64),
         K.CELL: f(np.stack([np.asarray(fr.cell, dtype=np.float64).reshape(3, 3) for fr in frames])),
         K.PBC: torch.as_tensor(np.stack([np.asarray(fr.pbc, dtype=bool).reshape(3) for fr in frames])),

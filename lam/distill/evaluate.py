@@ -21,9 +21,8 @@ def _batch(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, sta
     """
     from lam.data.graph import collate_frames
 
-    bare = [Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames]
     where = f"frames {start}..{start + len(frames) - 1}: frame"
-    return collate_frames(bare, float(model.rcut), head=head_index, dtype=model.dtype, where=where)
+    return collate_frames(frames, float(model.rcut), head=head_index, dtype=model.dtype, labels=False, where=where)
 
 
 def predict(model: torch.nn.Module, frames: Sequence[Frame], head: str, batch_size: int = 32,

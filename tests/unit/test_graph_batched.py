@@ -85,3 +85,12 @@ def test_collate_frames_errors_name_the_frame() -> None:
         collate_frames([good, bad], 5.0)
     with pytest.raises(ValueError, match="at least one"):
         collate_frames([], 5.0)
+
+
+def test_collate_frames_without_labels_equals_label_free_frames() -> None:
+    frames = _mixed_frames()
+    bare = [Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc) for f in frames]
+    expected = collate([AtomicGraph.from_frame(f, 4.5, head=2, dtype=torch.float32) for f in bare])
+    got = collate_frames(frames, 4.5, head=2, dtype=torch.float32, labels=False)
+    assert bool(expected[K.HAS_FORCES].any()) is False and bool(collate_frames(frames, 4.5)[K.HAS_FORCES].any())
+    _assert_same_batch(expected, got)

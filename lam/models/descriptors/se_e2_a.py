@@ -91,6 +91,88 @@ class _TabulatedEmbedding(torch.autograd.Function):
         return grad_s, None, None, None, None, None
 
 
+def _tabulated_values(s: Tensor, pair: Tensor, table: Tensor, s_step: float, n_fine: int,
+                      coarse_step: float) -> tuple[Tensor, Tensor]:
+    """G (E, M) and dG/ds (E, M) of the tabulated embedding (no autograd; see :class:`_TabulatedEmbedding`)."""
+    _, n_pair, n_int, m = table.shape
+    x = s / s_step
+    inv_step = None
+    if n_int > n_fine:
+        fine = x < n_fine
+        x = torch.where(fine, x, n_fine + (s - n_fine * s_step) / coarse_step)
+        inv_step = torch.where(fine, 1.0 / s_step, 1.0 / coarse_step).unsqueeze(-1)
+    k = x.floor().clamp_(0, n_int - 1)
+    t = (x - k).unsqueeze(-1)
+    rows = pair * n_int + k.long()
+    a, b, c, d = (table[i].view(n_pair * n_int, m).index_select(0, rows) for i in range(4))
+    past_end = bool((t > 1.0).any())
+    tc = t.clamp(max=1.0) if past_end else t
+    g = torch.addcmul(a, torch.addcmul(b, torch.addcmul(c, d, tc), tc), tc)
+    dg = torch.addcmul(b, torch.addcmul(c, d, tc, value=1.5), tc, value=2.0)  # dG/dt
+    if past_end:
+        g = torch.addcmul(g, dg, t - tc)
+    dg = dg * inv_step if inv_step is not None else dg * (1.0 / s_step)
+    return g, dg
+
+
+class _FusedCompressedSeE2A(torch.autograd.Function):
+    """The whole compressed descriptor as one autograd node: ``D(edge_vec)`` with an analytic backward.
+
+    Inference with a tabulated embedding is dominated, on small and medium systems, by the autograd engine
+    walking ~50 small nodes per call; this node does the same arithmetic (identical numbers) with one saved
+    context and hand-written vector-Jacobian products, and fewer passes over the (E, M) tensors. Only first
+    derivatives (forces, virials) are supported; training always runs the network through autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, edge_vec: Tensor, centre: Tensor, slot: Tensor, pair: Tensor, n_atoms: int,  # type: ignore[override]
+                nnei: int, desc: SeE2A, table: Tensor) -> Tensor:
+        rc, rs = desc.rcut, desc.rcut_smth
+        r = torch.linalg.vector_norm(edge_vec, dim=-1)
+        inv_r = 1.0 / r
+        u = ((r - rs) / (rc - rs)).clamp(0.0, 1.0)
+        uu = u * u
+        sw = uu * u * (-6.0 * uu + 15.0 * u - 10.0) + 1.0
+        dsw = -30.0 / (rc - rs) * uu * (u - 1.0) ** 2  # zero outside the switching region
+        inv_std = 1.0 / desc.env_std
+        s = sw * inv_r * inv_std
+        ds_dr = (dsw * inv_r * inv_std - s * inv_r)
+        q = s * inv_r  # env[:, 1:] = q * edge_vec
+        g, dg_ds = _tabulated_values(s, pair, table, desc.table_step, desc.table_n_fine, desc.table_coarse_step)
+        m = g.shape[-1]
+        flat = centre * nnei + slot  # row of each edge in the flattened (N * nnei) padded layout
+        env = torch.cat([s.unsqueeze(-1), q.unsqueeze(-1) * edge_vec], dim=-1)  # (E, 4)
+        env_pad = env.new_zeros(n_atoms * nnei, 4).index_copy_(0, flat, env).view(n_atoms, nnei, 4)
+        g_pad = g.new_zeros(n_atoms * nnei, m).index_copy_(0, flat, g).view(n_atoms, nnei, m)
+        t = torch.bmm(env_pad.transpose(1, 2), g_pad).mul_(1.0 / desc.sel)  # (N, 4, M)
+        axis = desc.axis_neuron
+        d = torch.bmm(t.transpose(1, 2), t[:, :, :axis])  # (N, M, axis)
+        ctx.save_for_backward(edge_vec, inv_r, q, ds_dr, dg_ds, env_pad, g_pad, t, flat)
+        ctx.axis, ctx.sel = axis, desc.sel
+        return d.reshape(n_atoms, m * axis)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_d: Tensor):  # type: ignore[override]
+        edge_vec, inv_r, q, ds_dr, dg_ds, env_pad, g_pad, t, flat = ctx.saved_tensors
+        n_atoms, nnei, m = g_pad.shape
+        axis = ctx.axis
+        gd = grad_d.reshape(n_atoms, m, axis)
+        # D[m, a] = sum_c T[c, m] T[c, a], so dL/dT[c, m] = sum_a gD[m, a] T[c, a] + [m < axis] sum_k gD[k, m] T[c, k]
+        gt = torch.bmm(t[:, :, :axis], gd.transpose(1, 2))
+        gt[:, :, :axis] += torch.bmm(t, gd)
+        gt.mul_(1.0 / ctx.sel)
+        g_env = torch.bmm(g_pad, gt.transpose(1, 2)).view(n_atoms * nnei, 4).index_select(0, flat)  # (E, 4)
+        g_g = torch.bmm(env_pad, gt).view(n_atoms * nnei, m).index_select(0, flat)  # (E, M)
+        g_s = (g_g * dg_ds).sum(-1) + g_env[:, 0]  # dL/ds through G and env[:, 0]
+        g_dir = g_env[:, 1:]
+        # env[:, 1:] = q(r) v with q = s / r:  dL/dv = q gdir + (gdir . v) q'(r) v / r + g_s s'(r) v / r
+        dq_dr = (ds_dr - q) * inv_r
+        radial = ((g_dir * edge_vec).sum(-1) * dq_dr + g_s * ds_dr) * inv_r
+        grad_v = torch.addcmul(g_dir * q.unsqueeze(-1), radial.unsqueeze(-1), edge_vec)
+        return grad_v, None, None, None, None, None, None, None
+
+
 class SeE2A(nn.Module):
     """DeepPot-SE two-body embedding descriptor with full (x, y, z) angular information.
 
@@ -144,6 +226,7 @@ class SeE2A(nn.Module):
         self.table_n_fine = 0
         self.table_args: tuple = ()
         self.table_stamp: tuple = ()
+        self.fused = True  # compressed inference as one autograd node (first derivatives only)
 
     @torch.no_grad()
     def compress(self, r_min: float = 0.5, n_intervals: int | None = None, extrapolate: float = 5.0,
@@ -215,6 +298,27 @@ class SeE2A(nn.Module):
         return _TabulatedEmbedding.apply(s, pair, table, self.table_step, self.table_n_fine,
                                          self.table_coarse_step)
 
+    @torch.jit.unused
+    def _fused_ready(self) -> bool:
+        """Whether :meth:`forward` takes the fused compressed path: compressed, eval mode, table up to date
+        (re-tabulated here if a weight changed) and no higher-order derivatives requested."""
+        if self.table is None or self.training or not self.fused:
+            return False
+        if self._weights_stamp() != self.table_stamp:
+            self.compress(*self.table_args)
+        return True
+
+    @torch.jit.unused
+    def _fused_forward(self, types: Tensor, centre: Tensor, neigh: Tensor, edge_vec: Tensor) -> Tensor | None:
+        """The compressed descriptor as one autograd node, or None when :meth:`_fused_ready` says no."""
+        if not self._fused_ready():
+            return None
+        n_atoms = types.shape[0]
+        pair = types[centre] * self.ntypes + types[neigh]
+        slot, nnei = padded_slots(centre, n_atoms)
+        table = self.table.to(device=edge_vec.device, dtype=edge_vec.dtype)  # type: ignore[union-attr]
+        return _FusedCompressedSeE2A.apply(edge_vec, centre, slot, pair, n_atoms, nnei, self, table)
+
     @torch.no_grad()
     def compute_env_stats(self, samples: list[tuple[Tensor, Tensor, Tensor]]) -> None:
         """Set ``env_std`` and ``env_shift`` from data: the standard deviation and the mean of ``s(r)`` over the
@@ -271,6 +375,10 @@ class SeE2A(nn.Module):
         if not bool(keep.all().item()):
             edge_index, edge_vec, r2 = edge_index[:, keep], edge_vec[keep], r2[keep]
         centre, neigh = edge_index[0], edge_index[1]
+        if not torch.jit.is_scripting():
+            fused = self._fused_forward(types, centre, neigh, edge_vec)
+            if fused is not None:
+                return fused
         r = torch.sqrt(r2)
         s = smooth_switch(r, self.rcut_smth, self.rcut) / r / self.env_std
         env = torch.cat([s.unsqueeze(-1), (s / r).unsqueeze(-1) * edge_vec], dim=-1)  # (E, 4)

@@ -3,9 +3,9 @@
 For every preset (DPA-2 ``small`` / ``medium`` / ``large`` and the se_e2_a ``student``), dtype and size it
 measures, in a fresh subprocess (so that the peak RSS is that case's own):
 
-* inference (energy + forces): ``e2e`` = neighbour list + graph + model, ``model`` = the model call of the same
-  step on the freshly built graph; ms per step and µs per atom-step (median of ``--repeats`` steps after
-  ``--warmup`` warm-ups);
+* inference (energy + forces): ``e2e`` = neighbour list + batch + model from an ``ase.Atoms``, the path of
+  ``LAMCalculator`` (``lam.md.calculator.atoms_to_batch``), ``model`` = the model call of the same step; ms
+  per step and µs per atom-step (median of ``--repeats`` steps after ``--warmup`` warm-ups);
 * one training step on a prebuilt graph: forward, energy + force loss (forces with ``create_graph``),
   backward, Adam step;
 * peak memory: ``ru_maxrss`` rise over the case (CPU), or ``torch.cuda.max_memory_allocated`` (GPU).
@@ -172,11 +172,15 @@ def _graph(frame: Any, cutoff: float, dtype: Any, device: str) -> Any:
 
 def time_inference(model: Any, frame: Any, repeats: int, warmup: int, device: str) -> dict[str, float]:
     """Energy + forces: e2e (neighbour list + graph + model) and the model part of the same steps, in ms."""
+    from lam.data.graph import frame_to_atoms
+    from lam.md.calculator import atoms_to_batch
+
     model.eval()
+    atoms = frame_to_atoms(frame)
 
     def step() -> tuple[float, float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
-        batch = _graph(frame, model.rcut, model.dtype, device)
+        batch = atoms_to_batch([atoms], model.rcut, dtype=model.dtype, device=device)  # as LAMCalculator does
         _sync(device)
         t1 = time.perf_counter()
         out = model(batch, compute_forces=True)

@@ -38,3 +38,30 @@ def jacobian_asymmetry(forces_fn: Callable[[np.ndarray], np.ndarray], positions:
     if norm == 0:
         return 0.0
     return float(np.linalg.norm(0.5 * (jac - jac.T)) / norm)
+
+
+def energy_drift_with_error(times_fs: np.ndarray, total_energy_ev: np.ndarray, n_atoms: int,
+                            n_blocks: int = 10) -> tuple[float, float]:
+    """Drift (meV/atom/ps, signed) and its standard error, from a line fitted to block means.
+
+    The run is cut into ``n_blocks`` contiguous blocks of (nearly) equal sample counts; the mean time and mean
+    energy of each block are fitted by least squares. Block means of blocks much longer than the correlation
+    time of the energy fluctuations are nearly independent, so the ordinary standard error of that fit's slope
+    (``n_blocks - 2`` degrees of freedom) is a fair uncertainty, unlike the standard error of a fit to all the
+    correlated samples, which is far too small. Needs at least ``3 * n_blocks`` samples and ``n_blocks >= 3``.
+    """
+    t = np.asarray(times_fs, dtype=np.float64) / 1000.0  # ps
+    e = np.asarray(total_energy_ev, dtype=np.float64) * 1000.0 / n_atoms  # meV/atom
+    if n_blocks < 3:
+        raise ValueError(f"n_blocks must be >= 3, got {n_blocks}")
+    if t.size != e.size or t.size < 3 * n_blocks:
+        raise ValueError(f"need at least {3 * n_blocks} samples for {n_blocks} blocks, got {t.size}")
+    bounds = np.linspace(0, t.size, n_blocks + 1).round().astype(int)
+    tb = np.array([t[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+    eb = np.array([e[a:b].mean() for a, b in zip(bounds[:-1], bounds[1:])])
+    tc = tb - tb.mean()
+    sxx = float(np.sum(tc**2))
+    slope = float(np.sum(tc * (eb - eb.mean())) / sxx)
+    resid = eb - eb.mean() - slope * tc
+    stderr = float(np.sqrt(np.sum(resid**2) / (n_blocks - 2) / sxx))
+    return slope, stderr

@@ -39,6 +39,23 @@ def calculator_forces(calc: object, prop: str = "forces") -> ForceFn:
     return fn
 
 
+def without_net_force(fn: ForceFn) -> ForceFn:
+    """``fn`` with its net force removed (the mean force subtracted from every atom).
+
+    A conservative force of a translation-invariant energy sums to zero, so total momentum is conserved. A
+    directly predicted force does not sum to zero exactly; its net force accelerates the centre of mass and
+    feeds kinetic energy into the box. Subtracting the mean restores momentum conservation, and because the
+    conservative force has zero net force, the projection can only bring ``F_NC`` closer to ``F_C``
+    (``|P F_NC - F_C| <= |F_NC - F_C|`` for the projection ``P`` onto zero-sum force fields).
+    """
+
+    def wrapped(atoms: Atoms) -> np.ndarray:
+        forces = np.array(fn(atoms), dtype=np.float64)
+        return forces - forces.mean(axis=0)
+
+    return wrapped
+
+
 class MultipleTimeStepVerlet(MolecularDynamics):
     """r-RESPA NVE integrator: ``n_inner`` fast steps per outer step ``timestep``.
 

@@ -12,8 +12,9 @@ an :class:`MDResult` with the drift of the conserved energy in meV/atom/ps:
   step ``dt``; conserved energy ``Etot``. ``steps`` counts outer steps.
 
 ``direct=True`` with ``nve``/``nvt`` integrates with the direct forces alone (for comparisons; such forces
-are not conservative, which is what the drift then shows). The potential energy in the log is always the
-conservative model's.
+are not conservative, which is what the drift then shows). Direct forces have their net force removed by
+default (``zero_net_direct``), so that total momentum is conserved as with ``-dE/dr``. The potential energy
+in the log is always the conservative model's.
 """
 
 from __future__ import annotations
@@ -110,12 +111,14 @@ class _Forces:
     r-RESPA asks for the direct force at the end of the inner loop and then for the conservative force at the
     same positions; with ``n_inner`` given, every ``n_inner``-th direct call (from the first one) is evaluated
     together with the conservative force in one model pass, which the conservative call then finds cached.
-    The calculator compares positions, so a wrong guess costs time, never correctness.
+    The calculator compares positions, so a wrong guess costs time, never correctness. With ``zero_net`` the
+    direct forces have their net force removed (:func:`lam.md.integrators.without_net_force`).
     """
 
-    def __init__(self, calc: LAMCalculator, n_inner: int | None = None) -> None:
+    def __init__(self, calc: LAMCalculator, n_inner: int | None = None, zero_net: bool = True) -> None:
         self.calc = calc
         self.n_inner = n_inner
+        self.zero_net = zero_net
         self.direct_calls = 0
         self.conservative_calls = 0
         self.passes = 0
@@ -139,6 +142,8 @@ class _Forces:
             self.calc.calculate(atoms, ["energy", "forces", "direct_forces"], all_changes)
         forces = np.array(self.calc.get_property("direct_forces", atoms), dtype=np.float64)
         self._count_pass()
+        if self.zero_net:
+            forces -= forces.mean(axis=0)
         return forces
 
 
@@ -213,7 +218,8 @@ def _resolve_model(model: Potential | str | Path, dtype: str | torch.dtype | Non
 
 
 def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float, temperature: float,
-                  n_inner: int, direct: bool, taut_fs: float, seed: int) -> tuple[MolecularDynamics, _Forces]:
+                  n_inner: int, direct: bool, taut_fs: float, seed: int, zero_net_direct: bool = True
+                  ) -> tuple[MolecularDynamics, _Forces]:
     """The ASE dynamics object for ``ensemble`` and the force source (whose counters it updates)."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -227,12 +233,12 @@ def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float
     if ensemble == "mts":
         if n_inner < 1:
             raise ValueError(f"n_inner must be >= 1, got {n_inner}")
-        forces = _Forces(calc, n_inner=n_inner)
+        forces = _Forces(calc, n_inner=n_inner, zero_net=zero_net_direct)
         atoms.calc = calc
         dyn: MolecularDynamics = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.direct,
                                                         forces.conservative)
         return dyn, forces
-    forces = _Forces(calc)
+    forces = _Forces(calc, zero_net=zero_net_direct)
     if direct:
         atoms.calc = _DirectCalculator(forces)
     else:
@@ -272,7 +278,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
            head: str | None = None, index: int = 0, output_dir: str | Path | None = None, seed: int = 0,
            log_every: int = 1, taut: float = 100.0, direct: bool = False, dtype: str | None = None,
            device: str | None = None, keep_velocities: bool = False, progress: bool = True,
-           compress: bool = False) -> MDResult:
+           compress: bool = False, zero_net_direct: bool = True) -> MDResult:
     """Run MD and return the logged energies, the drift of the conserved energy and timings.
 
     Args:
@@ -294,6 +300,8 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
         progress: show a tqdm progress bar.
         compress: tabulate the se_e2_a embedding (faster; conserves energy as the network does, see
             tests/md/test_drift_model.py). Off by default so that MD runs the exact network.
+        zero_net_direct: remove the net force of the direct forces (``mts`` and ``direct=True``), so that
+            they conserve total momentum as ``-dE/dr`` does; ``False`` uses the head's raw output.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -304,7 +312,8 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
     if not keep_velocities:
         init_velocities(atoms, temperature, seed)
     calc = LAMCalculator(potential, head=head, compress=compress)
-    dyn, forces = make_dynamics(atoms, calc, ensemble, dt, temperature, n_inner, direct, taut, seed)
+    dyn, forces = make_dynamics(atoms, calc, ensemble, dt, temperature, n_inner, direct, taut, seed,
+                                zero_net_direct=zero_net_direct)
 
     rows: list[tuple[float, ...]] = []
     traj = None

@@ -10,8 +10,8 @@ from ase.calculators.emt import EMT
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from lam.md.drift import energy_drift, jacobian_asymmetry
-from lam.md.integrators import MultipleTimeStepVerlet, calculator_forces
+from lam.md.drift import energy_drift, energy_drift_with_error, jacobian_asymmetry
+from lam.md.integrators import MultipleTimeStepVerlet, calculator_forces, without_net_force
 
 
 def _copper(seed: int = 0):
@@ -109,3 +109,85 @@ def test_jacobian_asymmetry_zero_for_conservative_positive_for_curl() -> None:
 
     assert jacobian_asymmetry(conservative, atoms.positions) < 1e-5
     assert jacobian_asymmetry(curly, atoms.positions) > 1e-2
+
+
+def _wavy_forces(calc: EMT, strength: float):
+    """EMT forces plus a position-dependent push along x, F_x += s exp(sin(2 pi x / L)): its net force is not
+    zero and changes as the atoms move."""
+
+    def fn(atoms):
+        forces = calc.get_forces(atoms).copy()
+        forces[:, 0] += strength * np.exp(np.sin(2 * np.pi * atoms.positions[:, 0] / atoms.cell[0, 0] + 0.3))
+        return forces
+
+    return fn
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_removing_the_net_fast_force_conserves_momentum(m: int) -> None:
+    calc = EMT()
+    fast = _wavy_forces(calc, 0.2)
+    p_start = _copper().get_momenta().sum(0)
+    raw, fixed = _copper(), _copper()
+    assert np.linalg.norm(fast(raw).sum(0)) > 0.05  # the biased force really has a net force
+    MultipleTimeStepVerlet(raw, m * units.fs, m, fast, calculator_forces(calc) if m > 1 else fast).run(40)
+    MultipleTimeStepVerlet(fixed, m * units.fs, m, without_net_force(fast),
+                           calculator_forces(calc) if m > 1 else without_net_force(fast)).run(40)
+    np.testing.assert_allclose(fixed.get_momenta().sum(0), p_start, atol=1e-9)
+    assert np.linalg.norm(raw.get_momenta().sum(0) - p_start) > 1e-4
+
+
+def test_removing_the_net_force_never_moves_direct_forces_away_from_zero_sum_forces() -> None:
+    rng = np.random.default_rng(0)
+    atoms = _copper()
+    for _ in range(20):
+        f_c = rng.normal(size=(len(atoms), 3))
+        f_c -= f_c.mean(0)
+        f_nc = f_c + rng.normal(size=f_c.shape) + rng.normal(size=3)
+        projected = without_net_force(lambda _a, f=f_nc: f)(atoms)
+        np.testing.assert_allclose(projected.sum(0), 0.0, atol=1e-12)
+        assert np.linalg.norm(projected - f_c) <= np.linalg.norm(f_nc - f_c)
+
+
+def _ar1(rng: np.random.Generator, n: int, corr: int, sigma: float) -> np.ndarray:
+    """Stationary AR(1) noise with correlation time ``corr`` samples and standard deviation ``sigma``."""
+    phi = np.exp(-1.0 / corr)
+    x = np.empty(n)
+    x[0] = rng.normal() * sigma
+    for k in range(1, n):
+        x[k] = phi * x[k - 1] + rng.normal() * sigma * np.sqrt(1 - phi**2)
+    return x
+
+
+def test_drift_standard_error_covers_the_true_slope() -> None:
+    """Correlated noise on a known slope: the block-mean standard error gives ~95% coverage at 2 SE, where the
+    naive standard error of a fit to all samples (treating them as independent) is far too small."""
+    rng = np.random.default_rng(1)
+    n_atoms, true = 10, 0.5  # meV/atom/ps
+    t = np.arange(1000) * 4.0  # fs: 4 ps sampled every 4 fs
+    hits, naive_hits, errs = 0, 0, []
+    trials = 200
+    for _ in range(trials):
+        e_mev = true * t / 1000.0 + _ar1(rng, t.size, corr=15, sigma=2.0)
+        e_ev = e_mev * n_atoms / 1000.0
+        slope, err = energy_drift_with_error(t, e_ev, n_atoms, n_blocks=10)
+        assert np.isclose(slope, energy_drift(t, e_ev, n_atoms), rtol=0.5, atol=3 * err)
+        hits += abs(slope - true) <= 2 * err
+        errs.append(err)
+        tc = t / 1000.0 - t.mean() / 1000.0
+        fit = np.polyfit(tc, e_mev, 1)
+        naive = np.sqrt(np.sum((e_mev - np.polyval(fit, tc)) ** 2) / (t.size - 2) / np.sum(tc**2))
+        naive_hits += abs(fit[0] - true) <= 2 * naive
+    assert 0.85 * trials <= hits <= 0.995 * trials, hits
+    assert naive_hits < 0.75 * trials, naive_hits  # why the block means are needed
+    assert np.median(errs) < 0.5  # and the error bar is still informative
+
+
+def test_drift_with_error_exact_line_and_bad_input() -> None:
+    t = np.linspace(0, 1000, 60)
+    slope, err = energy_drift_with_error(t, 0.003 * t / 1000 * 5, 5, n_blocks=6)  # 3 meV/atom/ps
+    assert np.isclose(slope, 3.0) and err < 1e-9
+    with pytest.raises(ValueError, match="samples"):
+        energy_drift_with_error(t[:10], t[:10], 5, n_blocks=6)
+    with pytest.raises(ValueError, match="n_blocks"):
+        energy_drift_with_error(t, t, 5, n_blocks=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from lam.models import build_model
@@ -22,7 +21,3 @@ class TestTeacherPhysics(ModelPhysicsTests):
         assert model64.head_names == ["pbe", "wb97x", "rpbe"]
         assert model64.cutoffs == [4.0, 6.0]
 
-    @pytest.mark.xfail(strict=True, reason="DPA2Descriptor.forward is not TorchScript-able yet (nested function, "
-                       "dict of dataclasses): Potential.compile_energy('script') fails for the teacher")
-    def test_compiled_gives_same_numbers(self, model64, cluster, periodic) -> None:
-        super().test_compiled_gives_same_numbers(model64, cluster, periodic)

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -41,8 +41,7 @@ def env_matrix(vec: Tensor, rcut_smth: float, rcut: float) -> tuple[Tensor, Tens
     return env, sw
 
 
-@dataclass
-class DenseNeighbors:
+class DenseNeighbors(NamedTuple):
     """Padded neighbour layout for one cutoff.
 
     Attributes:
@@ -59,11 +58,13 @@ class DenseNeighbors:
     mask: Tensor
     nnei: int
 
-    def scatter(self, values: Tensor, n_atoms: int) -> Tensor:
-        """Place per-kept-edge ``values`` (M, *F) into a zero-padded (N, nnei, *F) tensor (differentiable)."""
-        out = values.new_zeros((n_atoms * self.nnei, *values.shape[1:]))
-        out = out.index_copy(0, self.slot, values)
-        return out.view(n_atoms, self.nnei, *values.shape[1:])
+
+def scatter_dense(nb: DenseNeighbors, values: Tensor, n_atoms: int) -> Tensor:
+    """Place per-kept-edge ``values`` (M, *F) into a zero-padded (N, nnei, *F) tensor (differentiable)."""
+    feature_shape = list(values.shape[1:])
+    out = values.new_zeros([n_atoms * nb.nnei] + feature_shape)
+    out = out.index_copy(0, nb.slot, values)
+    return out.view([n_atoms, nb.nnei] + feature_shape)
 
 
 def dense_neighbors(
@@ -76,7 +77,7 @@ def dense_neighbors(
     except that optional sort (O(E log E)).
     """
     centre = edge_index[0]
-    keep = torch.nonzero(dist < rcut, as_tuple=True)[0]
+    keep = torch.nonzero(dist < rcut).squeeze(1)
     c = centre[keep]
     counts = torch.bincount(c, minlength=n_atoms)
     max_count = int(counts.max()) if n_atoms > 0 and c.numel() > 0 else 0
@@ -129,6 +130,21 @@ def make_linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
     return layer
 
 
+def apply_skip(kind: int, x: Tensor, pre: Tensor) -> Tensor:
+    """``tanh(pre)`` plus DeePMD's skip: 1 adds ``x`` (same width), 2 adds ``[x, x]`` (doubled), 0 none."""
+    y = torch.tanh(pre)
+    if kind == 1:
+        y = y + x
+    elif kind == 2:
+        y = y + torch.cat([x, x], dim=-1)
+    return y
+
+
+def skip_kind(n_in: int, n_out: int) -> int:
+    """The skip :func:`apply_skip` uses for a layer of these widths."""
+    return 1 if n_out == n_in else 2 if n_out == 2 * n_in else 0
+
+
 class EmbeddingNet(nn.Module):
     """tanh MLP with DeePMD's skips: ``y = x + act(Wx+b)`` if sizes match, ``[x, x] + act(Wx+b)`` if doubled."""
 
@@ -136,23 +152,18 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         sizes = [n_in, *neurons]
         self.layers = nn.ModuleList(make_linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.skips: list[int] = [skip_kind(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
         self.n_in = n_in
         self.n_out = sizes[-1]
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
-            x = self.apply_layer(i, x, layer(x))
+            x = apply_skip(self.skips[i], x, layer(x))
         return x
 
     def apply_layer(self, i: int, x: Tensor, pre: Tensor) -> Tensor:
         """Activation plus skip of layer ``i`` given its input ``x`` and pre-activation ``pre``."""
-        y = torch.tanh(pre)
-        n_in, n_out = self.layers[i].in_features, self.layers[i].out_features
-        if n_out == n_in:
-            y = y + x
-        elif n_out == 2 * n_in:
-            y = y + torch.cat([x, x], dim=-1)
-        return y
+        return apply_skip(self.skips[i], x, pre)
 
 
 class TypeEmbedding(nn.Module):
@@ -168,9 +179,9 @@ class TypeEmbedding(nn.Module):
 
     def table(self) -> Tensor:
         """(ntypes, dim) embedding of every type."""
-        ntypes, dim = self.weight.shape
+        ntypes, dim = self.weight.shape[0], self.weight.shape[1]
         y = torch.tanh(self.weight)
-        if dim in (ntypes, 2 * ntypes):
+        if dim == ntypes or dim == 2 * ntypes:
             eye = torch.eye(ntypes, dtype=y.dtype, device=y.device)
             y = y + (eye if dim == ntypes else torch.cat([eye, eye], dim=1))
         return y

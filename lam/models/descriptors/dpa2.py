@@ -35,6 +35,7 @@ from lam.models.descriptors.common import (
     dense_neighbors,
     env_matrix,
     make_linear,
+    scatter_dense,
 )
 from lam.models.descriptors.repformer import RepformerLayer
 from lam.models.descriptors.repinit import RepinitThreeBody, RepinitTwoBody
@@ -130,6 +131,7 @@ class DPA2Descriptor(nn.Module):
         self.dim_out = g1_dim + (tebd_dim if concat_output_tebd else 0)
 
     # ------------------------------------------------------------------ helpers
+    @torch.jit.unused
     def _check_inputs(self, types: Tensor, edge_index: Tensor, edge_vec: Tensor) -> None:
         if types.dim() != 1:
             raise ValueError(f"DPA2Descriptor: types must be (N,), got shape {tuple(types.shape)}")
@@ -142,48 +144,50 @@ class DPA2Descriptor(nn.Module):
             raise ValueError(f"DPA2Descriptor: type indices must lie in [0, {self.ntypes}), got "
                              f"[{int(types.min())}, {int(types.max())}]")
 
-    def _env(self, block: str, nb: DenseNeighbors, edge_index: Tensor, edge_vec: Tensor,
+    def _env(self, block: str, std: Tensor, nb: DenseNeighbors, edge_index: Tensor, edge_vec: Tensor,
              types: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised environment matrix (M, 4) and switch (M,) of the kept edges of ``block``."""
         rcut, rsmth, _ = self.cut[block]
         env, sw = env_matrix(edge_vec[nb.edge], rsmth, rcut)
-        std = getattr(self, f"env_std_{block}")
         inv = (1.0 / std)[types[edge_index[0, nb.edge]]]  # (M, 2)
         return env * torch.cat([inv[:, :1], inv[:, 1:].expand(-1, 3)], dim=-1), sw
 
     # ------------------------------------------------------------------ forward
     def forward(self, types: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
         """Per-atom features (N, dim_out) from types (N,), edge_index (2, E) and edge vectors (E, 3)."""
-        self._check_inputs(types, edge_index, edge_vec)
+        if not torch.jit.is_scripting():
+            self._check_inputs(types, edge_index, edge_vec)
         n_atoms = types.shape[0]
         dist = torch.linalg.vector_norm(edge_vec.detach(), dim=-1)
         tebd = self.type_embedding.table()
-        layouts: dict[tuple[float, int], DenseNeighbors] = {}
-
-        def layout(block: str) -> DenseNeighbors:
-            rcut, _, sel = self.cut[block]
-            if (rcut, sel) not in layouts:
-                layouts[(rcut, sel)] = dense_neighbors(edge_index, dist, n_atoms, rcut, sel)
-            return layouts[(rcut, sel)]
-
+        # one padded layout per distinct (cutoff, sel); blocks with the same pair share it
+        rc1, _, sel1 = self.cut["repinit"]
+        rc4, _, sel4 = self.cut["repformer"]
+        nb = dense_neighbors(edge_index, dist, n_atoms, rc1, sel1)
+        nb4 = nb if (rc4 == rc1 and sel4 == sel1) else dense_neighbors(edge_index, dist, n_atoms, rc4, sel4)
         # repinit two-body
-        nb = layout("repinit")
-        env, _ = self._env("repinit", nb, edge_index, edge_vec, types)
-        feats = [self.repinit(nb.scatter(env, n_atoms), types[nb.index], types, tebd)]
+        env, _ = self._env("repinit", self.env_std_repinit, nb, edge_index, edge_vec, types)
+        feats = [self.repinit(scatter_dense(nb, env, n_atoms), types[nb.index], types, tebd)]
         # repformer layout (and the three-body block, which shares it when cutoffs agree)
-        nb4 = layout("repformer")
-        env4, sw4 = self._env("repformer", nb4, edge_index, edge_vec, types)
-        if self.three_body is not None:
-            nb3 = layout("three_body")
-            if nb3 is nb4 and self.cut["three_body"][1] == self.cut["repformer"][1] and torch.equal(
+        env4, sw4 = self._env("repformer", self.env_std_repformer, nb4, edge_index, edge_vec, types)
+        three_body = self.three_body
+        if three_body is not None:
+            rc3, rs3, sel3 = self.cut["three_body"]
+            if rc3 == rc4 and sel3 == sel4:
+                nb3 = nb4
+            elif rc3 == rc1 and sel3 == sel1:
+                nb3 = nb
+            else:
+                nb3 = dense_neighbors(edge_index, dist, n_atoms, rc3, sel3)
+            if rc3 == rc4 and sel3 == sel4 and rs3 == self.cut["repformer"][1] and torch.equal(
                     self.env_std_three_body, self.env_std_repformer):
                 env3 = env4
             else:
-                env3, _ = self._env("three_body", nb3, edge_index, edge_vec, types)
-            feats.append(self.three_body(nb3.scatter(env3, n_atoms), types[nb3.index], nb3.mask, tebd))
+                env3, _ = self._env("three_body", self.env_std_three_body, nb3, edge_index, edge_vec, types)
+            feats.append(three_body(scatter_dense(nb3, env3, n_atoms), types[nb3.index], nb3.mask, tebd))
         g1 = torch.tanh(self.g1_transform(torch.cat(feats, dim=-1)))
-        env4 = nb4.scatter(env4, n_atoms)
-        sw4 = nb4.scatter(sw4, n_atoms)
+        env4 = scatter_dense(nb4, env4, n_atoms)
+        sw4 = scatter_dense(nb4, sw4, n_atoms)
         g2 = torch.tanh(self.g2_embed(env4[..., :1]))
         h2 = env4[..., 1:]
         for layer in self.layers:

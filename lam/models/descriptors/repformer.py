@@ -54,7 +54,7 @@ class GatedPairAttention(nn.Module):
         sw2 = (sw.unsqueeze(-1) * sw.unsqueeze(-2)).unsqueeze(2)  # (N, n, 1, n)
         hh = torch.bmm(h2, h2.transpose(1, 2)).unsqueeze(2)  # (N, n, 1, n)
         # smooth logits (a * gate + shift) * sw_j sw_k - shift, as one fused multiply-add
-        scale = sw2 * (hh if self.has_gate else 1.0) / math.sqrt(d)
+        scale = sw2 * hh / math.sqrt(d) if self.has_gate else sw2 / math.sqrt(d)
         logits = torch.addcmul(self.shift * (sw2 - 1.0), raw, scale)
         w = padded_softmax(logits, self.sel, -self.shift)  # over sel slots; absent ones hold -shift
         w = w * (sw2 * hh / math.sqrt(3.0))  # (N, n, h, n)
@@ -143,9 +143,10 @@ class RepformerLayer(nn.Module):
         g1_new = g1 + res[0] * mlp + res[1] * torch.tanh(self.g1_self(g1)) + res[2] * conv
         if self.loc_attn is not None:
             g1_new = g1_new + res[3] * self.loc_attn(g1, gg1, sw)
-        if not self.update_g2:
+        if self.linear2 is None:  # the last layer does not update g2
             return g1_new, g2
         r2 = self.g2_residual
+        assert r2 is not None
         g2_new = g2 + r2[0] * torch.tanh(self.linear2(g2))
         k = 1
         if self.attn2 is not None:

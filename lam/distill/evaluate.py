@@ -25,21 +25,26 @@ def _batch(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, sta
     return collate_frames(frames, float(model.rcut), head=head_index, dtype=model.dtype, labels=False, where=where)
 
 
+def _evaluate(model: torch.nn.Module, frames: Sequence[Frame], head_index: int, start: int = 0,
+              compute_virial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Energies (G,), forces (N, 3), virials (G, 3, 3) or None, and atom offsets (G + 1,) of one batch."""
+    batch = _batch(model, frames, head_index, start).to(next(model.parameters()).device)
+    virial = compute_virial and all(f.pbc.all() and f.volume > 0 for f in frames)
+    out = model(batch, compute_forces=True, compute_virial=virial)
+    energy = out[K.ENERGY].detach().double().cpu().numpy()
+    forces = out[K.FORCES].detach().double().cpu().numpy()
+    virials = out[K.VIRIAL].detach().double().cpu().numpy() if virial else None
+    return energy, forces, virials, batch[K.PTR].cpu().numpy()
+
+
 def predict(model: torch.nn.Module, frames: Sequence[Frame], head: str, batch_size: int = 32,
             compute_virial: bool = False) -> list[Frame]:
     """Energies and forces (and virials of periodic frames) of ``model``'s ``head`` for each frame, batched."""
     head_index = model.head_names.index(head)
-    device = next(model.parameters()).device
     out_frames: list[Frame] = []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start:start + batch_size]
-        batch = _batch(model, chunk, head_index, start).to(device)
-        virial = compute_virial and all(f.pbc.all() and f.volume > 0 for f in chunk)
-        out = model(batch, compute_forces=True, compute_virial=virial)
-        energy = out[K.ENERGY].detach().double().cpu().numpy()
-        forces = out[K.FORCES].detach().double().cpu().numpy()
-        virials = out[K.VIRIAL].detach().double().cpu().numpy() if virial else None
-        ptr = batch[K.PTR].cpu().numpy()
+        energy, forces, virials, ptr = _evaluate(model, chunk, head_index, start, compute_virial)
         for g, f in enumerate(chunk):
             out_frames.append(Frame(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc,
                                     energy=float(energy[g]), forces=forces[ptr[g]:ptr[g + 1]],
@@ -59,11 +64,13 @@ def predict_task(model_dir: str, head: str, frames: Sequence[Frame], batch_size:
 
 def time_energy_forces(model: torch.nn.Module, frames: Sequence[Frame], head: str, repeats: int = 5,
                        warmup: int = 2) -> float:
-    """Median seconds of one batched energy+forces evaluation of all ``frames`` (neighbour lists included)."""
+    """Median seconds of one batched energy+forces evaluation of all ``frames``, from positions to numpy arrays
+    (graph building and neighbour lists included; :func:`predict` then only wraps the arrays in frames)."""
+    head_index = model.head_names.index(head)
     times = []
     for k in range(warmup + repeats):
         t0 = time.perf_counter()
-        predict(model, frames, head, batch_size=len(frames))
+        _evaluate(model, frames, head_index)
         if k >= warmup:
             times.append(time.perf_counter() - t0)
     return float(np.median(times))

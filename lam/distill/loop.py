@@ -612,4 +612,7 @@ def format_report(report: Mapping[str, Any]) -> str:
 
 def run_distill(**kwargs: Any) -> dict[str, Any]:
     """Hydra target: ``DistillLoop(**cfg).run()``."""
+    from lam.runtime import configure_allocator
+
+    configure_allocator()  # keep large freed tensors in the heap (see lam.runtime)
     return DistillLoop(**kwargs).run()

@@ -11,6 +11,7 @@ every call with vesin (:mod:`lam.data.neighbors`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,13 +75,18 @@ class LAMCalculator(Calculator):
         device: torch device (default: the model's).
         compress: tabulate the descriptor's embedding for speed where supported (se_e2_a; see
             ``Potential.compress``; training mode and saved weights are unaffected).
+        direct_dtype: precision of the direct forces (e.g. ``torch.float32`` next to a float64 model): a copy
+            of the model in that dtype computes every ``direct_forces`` result, so that the cheap inner force
+            of multiple time stepping runs in single precision while energies and ``-dE/dr`` (the
+            conservative correction, the logged energy) stay in the model's precision. ``None``: the model's.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "energy_std",
                               "forces_std", "max_force_std", "direct_forces"]
 
     def __init__(self, model: Potential, head: str | None = None, committee: list[Potential] | None = None,
-                 device: torch.device | str | None = None, compress: bool = True, **kwargs: Any) -> None:
+                 device: torch.device | str | None = None, compress: bool = True,
+                 direct_dtype: torch.dtype | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         from lam.runtime import configure_allocator
 
@@ -105,6 +111,14 @@ class LAMCalculator(Calculator):
         if compress:
             for m in {id(m): m for m in [model, *members]}.values():
                 m.compress()
+        self.direct_model: Potential | None = None
+        if direct_dtype is not None:
+            dd = direct_dtype if isinstance(direct_dtype, torch.dtype) else \
+                getattr(torch, str(direct_dtype).replace("torch.", ""))
+            if not isinstance(dd, torch.dtype) or not dd.is_floating_point:
+                raise ValueError(f"direct_dtype must be a floating dtype such as float32, got {direct_dtype!r}")
+            if dd != self.model.dtype and getattr(self.model, "direct_force_head", None) is not None:
+                self.direct_model = copy.deepcopy(self.model).to(dd).eval()
 
     def _evaluate(self, model: Potential, atoms: Atoms, stress: bool, direct: bool = False
                   ) -> dict[str, np.ndarray]:
@@ -120,11 +134,12 @@ class LAMCalculator(Calculator):
         return getattr(self.model, "direct_force_head", None) is not None
 
     def _evaluate_direct(self, atoms: Atoms) -> np.ndarray:
-        """Direct forces alone: one descriptor pass, no autograd graph."""
-        batch = atoms_to_batch([atoms], self.model.rcut, head=self.model.head_names.index(self.head),
-                               dtype=self.model.dtype, device=self.device)
-        with torch.no_grad():
-            out = self.model(batch, compute_forces=False, compute_direct=True)
+        """Direct forces alone: one descriptor pass, no autograd graph (in ``direct_dtype`` if set)."""
+        model = self.direct_model if self.direct_model is not None else self.model
+        batch = atoms_to_batch([atoms], model.rcut, head=model.head_names.index(self.head),
+                               dtype=model.dtype, device=self.device)
+        with torch.inference_mode():
+            out = model(batch, compute_forces=False, compute_direct=True)
         return out[K.DIRECT_FORCES].detach().cpu().double().numpy()
 
     def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
@@ -141,12 +156,13 @@ class LAMCalculator(Calculator):
         want_stress = "stress" in properties
         if want_stress and not atoms.pbc.all():
             raise PropertyNotImplementedError("stress needs a cell periodic in all three directions")
-        out = self._evaluate(self.model, atoms, want_stress, direct=want_direct)
+        shared = want_direct and self.direct_model is None  # one pass gives both force kinds
+        out = self._evaluate(self.model, atoms, want_stress, direct=shared)
         energy = float(out[K.ENERGY][0])
         self.results = {"energy": energy, "free_energy": energy, "energies": out[K.ATOMIC_ENERGY],
                         "forces": out[K.FORCES]}
         if want_direct:
-            self.results["direct_forces"] = out[K.DIRECT_FORCES]
+            self.results["direct_forces"] = out[K.DIRECT_FORCES] if shared else self._evaluate_direct(atoms)
         if want_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[K.STRESS][0])
         if self.committee:

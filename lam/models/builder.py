@@ -133,6 +133,12 @@ def build_from_metadata(meta: Mapping[str, Any]) -> Potential:
     if desc_config and current is not None and dict(desc_config) != dict(current):
         # settings fitted after construction (e.g. se_e2_a's env_std from data statistics) live in the config
         model.descriptor = type(model.descriptor)(**dict(desc_config)).to(model.dtype)
+    dfh_config = meta.get("direct_force")
+    if isinstance(dfh_config, Mapping) and model.direct_force_head is not None:
+        dfh_config = dict(dfh_config)
+        dfh_config.setdefault("kind", "pair")  # models saved before the edge readout had only the pair one
+        if dfh_config != model.direct_force_head.config:
+            model.direct_force_head = DirectForceHead(**dfh_config).to(model.dtype)
     for name, config in dict(meta.get("head_configs", {})).items():
         if name in model.heads and config != model.heads[name].config:
             model.heads[name] = FittingHead(**config).to(model.dtype)

@@ -99,13 +99,46 @@ def test_jacobian_symmetric_for_conservative_not_for_direct(model: Potential, wa
 
 
 @pytest.mark.parametrize("ensemble", ["mts", "nve"])
-def test_direct_forces_conserve_momentum_once_their_net_force_is_removed(model: Potential, water: Atoms,
-                                                                         ensemble: str) -> None:
+def test_direct_forces_conserve_momentum_once_their_net_force_is_removed(water: Atoms, ensemble: str) -> None:
+    pair = build_model("student", type_map=["O", "H"], heads=["water"], dtype="float64", seed=0,
+                       neurons=[8, 16, 32], axis_neuron=4, sel=48, rcut=4.0, rcut_smth=0.5, fitting_neurons=[32, 32],
+                       direct_force={"rcut": 4.0, "hidden": 16, "num_basis": 4, "kind": "pair"})
     kw = dict(ensemble=ensemble, dt=1.0, n_inner=2, steps=6) if ensemble == "mts" else dict(
         ensemble="nve", dt=0.5, steps=12, direct=True)
-    raw = run_md(model, water, seed=0, log_every=6, progress=False, zero_net_direct=False, **kw)
-    fixed = run_md(model, water, seed=0, log_every=6, progress=False, **kw)  # zero_net_direct=True by default
-    # initial momenta sum to zero; -dE/dr keeps it so, the head's raw output does not (MTS cancels most of it
-    # at the outer steps, direct-only MD none)
+    raw = run_md(pair, water, seed=0, log_every=6, progress=False, zero_net_direct=False, **kw)
+    fixed = run_md(pair, water, seed=0, log_every=6, progress=False, **kw)  # zero_net_direct=True by default
+    # initial momenta sum to zero; -dE/dr keeps it so, the pair head's raw output does not (MTS cancels most of
+    # it at the outer steps, direct-only MD none)
     assert np.linalg.norm(fixed.atoms.get_momenta().sum(0)) < 1e-11
     assert np.linalg.norm(raw.atoms.get_momenta().sum(0)) > (1e-8 if ensemble == "mts" else 1e-4)
+
+
+def test_edge_direct_head_conserves_momentum_by_construction(model: Potential, water: Atoms) -> None:
+    assert model.direct_force_head.kind == "edge"
+    raw = run_md(model, water, seed=0, log_every=6, progress=False, zero_net_direct=False, ensemble="nve",
+                 dt=0.5, steps=12, direct=True)
+    assert np.linalg.norm(raw.atoms.get_momenta().sum(0)) < 1e-11
+
+
+def test_direct_forces_in_single_precision_next_to_a_double_model(model: Potential, water: Atoms) -> None:
+    """``direct_dtype=float32``: direct forces from a float32 copy (the cheap MTS inner force), energies and
+    -dE/dr from the float64 model; the two precisions agree to float32 rounding."""
+    exact = LAMCalculator(model, head="water", compress=False)
+    mixed = LAMCalculator(model, head="water", compress=False, direct_dtype="float32")
+    assert mixed.direct_model is not None and mixed.direct_model.dtype == torch.float32
+    assert model.dtype == torch.float64  # the caller's model is not converted
+    a = water.copy()
+    exact.calculate(a, ["energy", "forces", "direct_forces"])
+    mixed.calculate(a, ["energy", "forces", "direct_forces"])
+    assert mixed.results["energy"] == exact.results["energy"]
+    np.testing.assert_array_equal(mixed.results["forces"], exact.results["forces"])
+    f64, f32 = exact.results["direct_forces"], mixed.results["direct_forces"]
+    assert not np.array_equal(f32, f64)  # really computed in another precision
+    np.testing.assert_allclose(f32, f64, atol=1e-5 * np.abs(f64).max())
+    mixed.calculate(a, ["direct_forces"])  # the direct-only path uses the same float32 copy
+    np.testing.assert_array_equal(mixed.results["direct_forces"], f32)
+    r = run_md(model, water, ensemble="mts", dt=2.0, n_inner=4, steps=5, seed=0, progress=False,
+               direct_dtype="float32")
+    assert r.force_calls == {"conservative": 6, "direct": 21} and np.all(np.isfinite(r.etot_ev))
+    with pytest.raises(ValueError, match="direct_dtype"):
+        LAMCalculator(model, head="water", direct_dtype="int32")

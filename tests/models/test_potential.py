@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -148,6 +149,52 @@ def test_direct_force_head_is_equivariant() -> None:
     plain = build_model("student", type_map=TYPE_MAP)
     with pytest.raises(ValueError, match="no direct_force_head"):
         plain(atoms_to_batch([atoms], plain.rcut), compute_direct=True)
+
+
+@pytest.mark.parametrize("kind", ["edge", "pair"])
+def test_direct_force_head_kinds_equivariance_cutoff_and_net_force(kind: str) -> None:
+    model = build_model("student", type_map=TYPE_MAP, dtype=torch.float64,
+                        direct_force={"hidden": 16, "kind": kind, "rcut": 4.0, "rcut_smth": 3.0})
+    atoms = random_periodic(TYPE_MAP, 10, seed=7)
+    rot = random_rotation(1)
+    moved = atoms.copy()
+    moved.set_cell(atoms.cell.array @ rot.T, scale_atoms=True)
+    f = model(_batch(model, [atoms]), compute_forces=False, compute_direct=True)[K.DIRECT_FORCES]
+    f_rot = model(_batch(model, [moved]), compute_forces=False, compute_direct=True)[K.DIRECT_FORCES]
+    torch.testing.assert_close(f_rot, f @ torch.as_tensor(rot.T))
+    net = f.sum(0).abs().max()
+    if kind == "edge":  # F_i = sum_j e_ij - sum_k e_ki: Newton's third law holds exactly
+        assert net < 1e-12 * f.abs().max()
+    else:
+        assert net > 1e-6 * f.abs().max()
+    # the head sees nothing beyond its cutoff: a far larger neighbour list gives the same forces
+    far = atoms_to_batch([atoms], model.rcut + 2.0, dtype=model.dtype)
+    torch.testing.assert_close(model(far, compute_forces=False, compute_direct=True)[K.DIRECT_FORCES], f)
+    with pytest.raises(ValueError, match="kind"):
+        build_model("student", type_map=TYPE_MAP, direct_force={"kind": "curl"})
+
+
+def test_models_saved_with_the_pair_direct_head_still_load(tmp_path) -> None:
+    """Metadata written before ``kind`` existed (no "kind" in the head config) rebuilds the pair readout."""
+    from lam.checkpoint import export_model
+    from lam.checkpoint import load as load_export
+
+    model = build_model("student", type_map=TYPE_MAP, dtype=torch.float64,
+                        direct_force={"hidden": 16, "kind": "pair"})
+    export_model(model, tmp_path / "m")
+    meta_path = tmp_path / "m" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    target = meta["model"]
+    target["direct_force"].pop("kind")
+    target["direct_force"].pop("vectors")
+    target["direct_force"].pop("neighbour_norm")
+    target["direct_force_kwargs"] = {"hidden": 16}
+    meta_path.write_text(json.dumps(meta))
+    loaded = load_export(tmp_path / "m")
+    assert loaded.direct_force_head.kind == "pair"
+    batch = _batch(model, [molecule("CH3CH2OH")])
+    torch.testing.assert_close(loaded(batch, compute_direct=True)[K.DIRECT_FORCES],
+                               model(batch, compute_direct=True)[K.DIRECT_FORCES])
 
 
 def test_student_ignores_edges_beyond_its_cutoff(model: Potential) -> None:

@@ -259,10 +259,10 @@ def main() -> None:
     parser.add_argument("--preset", default="small", help="DPA-2 preset built when --model is not given")
     parser.add_argument("--train-steps", type=int, default=1500, help="float32 training steps on water")
     parser.add_argument("--lr", type=float, default=1e-2, help="training learning rate (decays to lr/10)")
-    parser.add_argument("--distill-fs", type=float, default=100.0, help="MD run sampled for the distillation")
+    parser.add_argument("--distill-fs", type=float, default=400.0, help="MD run sampled for the distillation")
     parser.add_argument("--distill-steps", type=int, default=5000, help="direct-head distillation steps")
     parser.add_argument("--distill-lr", type=float, default=3e-3)
-    parser.add_argument("--distill-frames", type=int, default=40,
+    parser.add_argument("--distill-frames", type=int, default=200,
                         help="frames taken from the --distill-fs run (half fit the head, half check it)")
     parser.add_argument("--head-kind", default="edge", choices=["edge", "pair"], help="direct-force readout")
     parser.add_argument("--head-hidden", type=int, default=32, help="direct-force head width")

@@ -6,9 +6,12 @@ thousand-atom box allocates and frees hundreds of tensors of 10-500 MB, so every
 page faults (the kernel zeroes each new 4 kB page): measured here, medium float64 on 1,536 atoms of water
 spent 34 s of its 49 s in the kernel over 7 steps, and its cost per atom was 2.2x that at 192 atoms.
 :func:`configure_allocator` keeps freed memory in the process heap instead (``mallopt``: mmap only above
-1 GiB, trim the heap top only above 1 GiB, grow it in 256 MB pieces), which removes most of the faults
-(same case: 2.2x -> 0.95x per atom; see docs/benchmarks.md, "Model speed"). The price is that the resident
-memory stays near its peak between steps rather than dropping, which suits long MD and training runs.
+1 GiB, never trim the heap top, grow it in 256 MB pieces), which removes most of the faults (same case:
+2.2x -> 0.95x per atom; see docs/benchmarks.md, "Model speed"). Trimming the top above 1 GiB, the first
+setting, still cost a training step of medium float64 on 1,536 atoms 0.3-0.5 million faults (2-3 s in the
+kernel, per-atom cost 1.23x that at 192 atoms) whenever the free top of its 10 GB heap passed 1 GiB. The
+price is that the resident memory stays at its peak rather than dropping between steps, as PyTorch's CUDA
+caching allocator keeps GPU memory; it suits long MD and training runs.
 
 The lam entry points (``LAMCalculator``, the training, MD, evaluation and distillation jobs, the benchmarks)
 call it; set ``LAM_MALLOC_TUNING=0`` to keep the system defaults. Other C libraries (musl, macOS, Windows)
@@ -28,7 +31,7 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 MMAP_THRESHOLD = 1 << 30
-TRIM_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = -1  # glibc: -1 disables trimming
 TOP_PAD = 256 << 20
 
 _state: dict[str, bool] = {}

@@ -6,6 +6,9 @@ measures, in a fresh subprocess (so that the peak RSS is that case's own):
 * inference (energy + forces): ``e2e`` = neighbour list + batch + model from an ``ase.Atoms``, the path of
   ``LAMCalculator`` (``lam.md.calculator.atoms_to_batch``), ``model`` = the model call of the same step; ms
   per step and µs per atom-step (median of ``--repeats`` steps after ``--warmup`` warm-ups);
+* MD step (``--md-steps``, 0 skips it): mean time of a velocity-Verlet step (0.5 fs, 300 K) of ASE with
+  ``LAMCalculator`` (Verlet neighbour list with its default 0.5 Å skin, searched again as atoms move), the
+  cost per step a user sees in MD; the number of neighbour searches in those steps is recorded;
 * one training step on a prebuilt graph: forward, energy + force loss (forces with ``create_graph``),
   backward, Adam step;
 * peak memory: ``ru_maxrss`` rise over the case (CPU), or ``torch.cuda.max_memory_allocated`` (GPU).
@@ -57,7 +60,7 @@ RESULT_TAG = "BENCH_RESULT "
 # Targets printed as PASS/FAIL lines.
 TARGET_VS_DEEPMD = 1.5  # lam at least this many times faster than DeePMD-kit (e2e, small and medium)
 TARGET_PER_ATOM_FLAT = 1.2  # µs/atom at the largest size / at the smallest size
-TARGET_STUDENT = 30.0  # medium teacher time / student time
+TARGET_STUDENT = 30.0  # medium teacher time / student time (e2e, MD step and model are all printed)
 
 
 # --------------------------------------------------------------------------- DeePMD-kit model configs
@@ -194,6 +197,31 @@ def time_inference(model: Any, frame: Any, repeats: int, warmup: int, device: st
             "infer_e2e_cpu_ms": _ms([t[2] for t in times])}
 
 
+def time_md(model: Any, frame: Any, steps: int, warmup: int, device: str) -> dict[str, float]:
+    """Mean wall / CPU ms of ``steps`` ASE velocity-Verlet steps (0.5 fs, 300 K) driven by ``LAMCalculator``."""
+    from ase import units
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.verlet import VelocityVerlet
+
+    from lam.data.graph import frame_to_atoms
+    from lam.md.calculator import LAMCalculator
+
+    atoms = frame_to_atoms(frame)
+    calc = LAMCalculator(model, device=device, compress=False)  # run_case compressed it already (or not)
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    dyn.run(max(warmup, 1))
+    verlet = calc.neighbor_list(model.rcut)
+    searches0 = verlet.n_searches
+    t0, c0 = time.perf_counter(), time.process_time()
+    dyn.run(steps)
+    _sync(device)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"md_ms": 1e3 * wall / steps, "md_cpu_ms": 1e3 * cpu / steps, "md_steps": steps,
+            "md_searches": verlet.n_searches - searches0, "md_skin": calc.skin}
+
+
 def time_train_step(model: Any, batch: Any, repeats: int, warmup: int, device: str) -> dict[str, float]:
     """One optimisation step on a prebuilt graph (energy + force MSE, forces with create_graph), in ms."""
     import torch
@@ -229,7 +257,8 @@ def git_state() -> str:
 
 
 def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: int = 2, device: str = "cpu",
-             compile_mode: str = "none", train: bool = True, compress: bool = True) -> dict[str, Any]:
+             compile_mode: str = "none", train: bool = True, compress: bool = True,
+             md_steps: int = 0) -> dict[str, Any]:
     """Measure one (preset, dtype, size) in this process: times, µs/atom-step, parameters, peak memory.
 
     ``compress`` tabulates the embedding for inference where the model supports it (``Potential.compress``,
@@ -257,13 +286,15 @@ def run_case(preset: str, dtype: str, n_atoms: int, repeats: int = 5, warmup: in
         "edges": int(batch["edge_index"].shape[1]),
     }
     out.update(time_inference(model, frame, repeats, warmup, device))
+    if md_steps > 0:
+        out.update(time_md(model, frame, md_steps, warmup, device))
     out["infer_mem_mb"] = ((torch.cuda.max_memory_allocated(device) - base_gpu) / 2**20 if on_gpu
                            else _max_rss_mb() - rss0)
     if train:
         out.update(time_train_step(model, batch, repeats, warmup, device))
         out["train_mem_mb"] = ((torch.cuda.max_memory_allocated(device) - base_gpu) / 2**20 if on_gpu
                                else _max_rss_mb() - rss0)
-    for key in ("infer_e2e", "infer_model", "train"):
+    for key in ("infer_e2e", "infer_model", "md", "train"):
         if f"{key}_ms" in out:
             out[f"{key}_us_atom"] = 1e3 * out[f"{key}_ms"] / frame.n_atoms
     return out
@@ -353,7 +384,7 @@ def _run_worker(python: str, args: list[str], env: dict[str, str] | None = None)
 
 def run_all(sizes: Sequence[int], presets: Sequence[str], dtypes: Sequence[str], repeats: int, warmup: int,
             device: str, compile_mode: str, dp_python: str | None, train: bool = True, compress: bool = True,
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+            md_steps: int = 0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Every lam case (and DeePMD-kit case for small / medium) in its own fresh subprocess."""
     results: list[dict[str, Any]] = []
     common = ["--repeats", str(repeats), "--warmup", str(warmup), "--device", device]
@@ -361,11 +392,12 @@ def run_all(sizes: Sequence[int], presets: Sequence[str], dtypes: Sequence[str],
         for dtype in dtypes:
             for preset in presets:
                 for n in sizes:
-                    extra = (["--compile", compile_mode] + ([] if train else ["--no-train"])
-                             + ([] if compress else ["--no-compress"]))
+                    extra = (["--compile", compile_mode, "--md-steps", str(md_steps)]
+                             + ([] if train else ["--no-train"]) + ([] if compress else ["--no-compress"]))
                     res = _run_worker(sys.executable, ["--worker", preset, dtype, str(n), *common, *extra])
                     results.append(res)
                     log(f"  lam    {preset:7s} {dtype} {n:6d} atoms: e2e {res['infer_e2e_ms']:9.1f} ms, "
+                        f"MD step {res.get('md_ms', float('nan')):9.1f} ms, "
                         f"train {res.get('train_ms', float('nan')):9.1f} ms")
                     if dp_python and preset in ("small", "medium"):
                         frame = water_frame(n)
@@ -396,7 +428,8 @@ def _find(results: Sequence[dict[str, Any]], code: str, preset: str, dtype: str,
 def table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table: one row per code/preset/dtype/size (wall-clock medians; CPU = process time)."""
     head = ("| code | preset | dtype | atoms | params | e2e ms | e2e µs/atom | e2e CPU ms | model ms | "
-            "model µs/atom | train ms | train µs/atom | peak MB infer / train | DeePMD-kit / lam e2e (CPU) |")
+            "model µs/atom | MD step ms (searches) | train ms | train µs/atom | peak MB infer / train | "
+            "DeePMD-kit / lam e2e (CPU) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         ratio = ""
@@ -408,10 +441,11 @@ def table(results: Sequence[dict[str, Any]]) -> str:
         train = (f"{r['train_ms']:.1f} | {r['train_us_atom']:.0f}" if "train_ms" in r else "— | —")
         mem = f"{r['infer_mem_mb']:.0f}" + (f" / {r['train_mem_mb']:.0f}" if "train_mem_mb" in r else "")
         code = "lam" if r["code"] == "lam" else "DeePMD-kit"
+        md = f"{r['md_ms']:.1f} ({r['md_searches']}/{r['md_steps']})" if "md_ms" in r else "—"
         lines.append(
             f"| {code} | {r['preset']} | {r['dtype']} | {r['n_atoms']} | {r['params']:,} | "
             f"{r['infer_e2e_ms']:.1f} | {r['infer_e2e_us_atom']:.0f} | {r['infer_e2e_cpu_ms']:.1f} | "
-            f"{r['infer_model_ms']:.1f} | {r['infer_model_us_atom']:.0f} | {train} | {mem} | {ratio} |")
+            f"{r['infer_model_ms']:.1f} | {r['infer_model_us_atom']:.0f} | {md} | {train} | {mem} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -453,10 +487,14 @@ def targets(results: Sequence[dict[str, Any]], clock: str = "wall") -> list[str]
         for n in sorted({r["n_atoms"] for r in lam_rows}):
             teacher, student = _find(results, "lam", "medium", dtype, n), _find(results, "lam", "student", dtype, n)
             if teacher and student:
-                ratio = teacher[e2e] / student[e2e]
-                ok = "PASS" if ratio >= TARGET_STUDENT else "FAIL"
-                lines.append(f"{ok} student {ratio:.1f}x faster than medium (target >= {TARGET_STUDENT:.0f}x): "
-                             f"{dtype} {n} atoms e2e {clock} ({teacher[e2e]:.1f} vs {student[e2e]:.1f} ms)")
+                cols = [("e2e", e2e), ("MD step", f"md{cpu}_ms")] + ([] if cpu else [("model", "infer_model_ms")])
+                for label, col in cols:
+                    if col not in teacher or col not in student:
+                        continue
+                    ratio = teacher[col] / student[col]
+                    ok = "PASS" if ratio >= TARGET_STUDENT else "FAIL"
+                    lines.append(f"{ok} student {ratio:.1f}x faster than medium (target >= {TARGET_STUDENT:.0f}x): "
+                                 f"{dtype} {n} atoms {label} {clock} ({teacher[col]:.1f} vs {student[col]:.1f} ms)")
     return lines
 
 
@@ -563,6 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     p.add_argument("--compile", default="none", choices=["none", "script"], help="Potential.compile_energy")
     p.add_argument("--no-train", action="store_true", help="skip the training step")
+    p.add_argument("--md-steps", type=int, default=20, help="ASE MD steps timed through LAMCalculator (0: none)")
     p.add_argument("--no-compress", action="store_true", help="inference without Potential.compress()")
     p.add_argument("--report", nargs="+", default=None, metavar="JSON",
                    help="print the table and targets of --json files (later files replace equal cases) and exit")
@@ -573,13 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker", nargs=3, metavar=("PRESET", "DTYPE", "N"), help=argparse.SUPPRESS)
     p.add_argument("--deepmd-worker", nargs=3, metavar=("PRESET", "DTYPE", "NPZ"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.repeats < 1 or a.warmup < 0:
-        p.error("--repeats must be >= 1 and --warmup >= 0")
+    if a.repeats < 1 or a.warmup < 0 or a.md_steps < 0:
+        p.error("--repeats must be >= 1, --warmup >= 0 and --md-steps >= 0")
 
     if a.worker:
         preset, dtype, n = a.worker
         res = run_case(preset, dtype, int(n), a.repeats, a.warmup, a.device, a.compile, train=not a.no_train,
-                       compress=not a.no_compress)
+                       compress=not a.no_compress, md_steps=a.md_steps)
         print(RESULT_TAG + json.dumps(res), flush=True)
         return 0
     if a.deepmd_worker:
@@ -605,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"machine: {machine}")
     print(f"DeePMD-kit baseline: {dp_python or 'not available (pass --deepmd-python)'}")
     results = run_all(a.sizes, a.presets, a.dtypes, a.repeats, a.warmup, a.device, a.compile, dp_python,
-                      train=not a.no_train, compress=not a.no_compress)
+                      train=not a.no_train, compress=not a.no_compress, md_steps=a.md_steps)
     print()
     print(report(results))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -44,7 +44,8 @@ def test_water_frames(bench: ModuleType) -> None:
 
 @pytest.mark.parametrize("preset", ["student", "small"])
 def test_run_case_tiny(bench: ModuleType, preset: str) -> None:
-    res = bench.run_case(preset, "float32", 24, repeats=1, warmup=0, device="cpu")
+    res = bench.run_case(preset, "float32", 24, repeats=1, warmup=0, device="cpu", md_steps=3)
+    assert res["md_steps"] == 3 and 0 <= res["md_searches"] <= 3 and res["md_ms"] > 0 and res["md_skin"] > 0
     assert res["n_atoms"] == 24 and res["params"] > 10_000 and res["edges"] > 24
     for key in ("infer_e2e_ms", "infer_model_ms", "infer_e2e_cpu_ms", "train_ms", "train_cpu_ms", "infer_e2e_us_atom",
                 "train_us_atom"):

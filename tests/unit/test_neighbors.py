@@ -7,7 +7,7 @@ import pytest
 from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-from lam.data.neighbors import NeighborList, _sorted_edges, neighbor_list, neighbor_lists
+from lam.data.neighbors import NeighborList, VerletList, _sorted_edges, neighbor_list, neighbor_lists
 
 
 def random_triclinic_cell(rng: np.random.Generator, length: float) -> np.ndarray:
@@ -221,3 +221,45 @@ def test_error_names_the_context_and_cutoffs_are_checked() -> None:
     for bad in ([], [0.0], [-1.0], [np.nan]):
         with pytest.raises(ValueError, match="cutoffs"):
             neighbor_lists(np.zeros((2, 3)), np.eye(3) * 4, True, bad)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_verlet_list_equals_a_fresh_search_until_an_atom_moves_half_the_skin(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    cell = random_triclinic_cell(rng, 9.0)
+    pos = rng.uniform(0, 1, (60, 3)) @ cell
+    cutoff, skin = 3.5, 0.6
+    verlet = VerletList(cutoff, skin=skin)
+    for step in range(40):  # random walk: every atom moves up to 0.05 Å per step
+        nl = verlet.update(pos, cell, True)
+        fresh = neighbor_list(pos, cell, True, cutoff)
+        np.testing.assert_array_equal(nl.edge_index, fresh.edge_index, err_msg=f"step {step}")
+        np.testing.assert_array_equal(nl.shifts, fresh.shifts)
+        np.testing.assert_allclose(nl.distances, fresh.distances, rtol=0, atol=1e-12)
+        pos = pos + rng.normal(0, 0.03, pos.shape).clip(-0.05, 0.05)
+    # searched again several times, but far from every step (0.3 Å allowed, 0.05 per step at most)
+    assert 2 <= verlet.n_searches < 20 and verlet.n_calls == 40
+
+
+def test_verlet_list_searches_again_on_a_big_move_a_new_cell_or_pbc() -> None:
+    rng = np.random.default_rng(7)
+    cell = np.diag([8.0, 8.5, 9.0])
+    pos = rng.uniform(0, 1, (40, 3)) @ cell
+    verlet = VerletList(3.0, skin=1.0)
+    verlet.update(pos, cell, True)
+    verlet.update(pos + 0.49, cell, True)  # |d| = 0.85 > 0.5: search
+    assert verlet.n_searches == 2
+    moved = pos + 0.49
+    moved[3, 0] += 0.1
+    verlet.update(moved, cell, True)  # atom 3 moved 0.1 since the last search
+    assert verlet.n_searches == 2
+    verlet.update(moved, cell * 1.001, True)
+    verlet.update(moved, cell * 1.001, [True, True, False])
+    verlet.update(moved[:-1], cell * 1.001, [True, True, False])
+    assert verlet.n_searches == 5
+    assert VerletList(3.0, skin=0.0).update(pos, cell, True).edge_index.shape == neighbor_list(
+        pos, cell, True, 3.0).edge_index.shape
+    with pytest.raises(ValueError, match="skin"):
+        VerletList(3.0, skin=-0.1)
+    with pytest.raises(ValueError, match="frame 4: field 'positions'"):
+        verlet.update(np.full((2, 3), np.nan), cell, True, where="frame 4")

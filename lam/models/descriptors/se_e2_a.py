@@ -396,8 +396,9 @@ class SeE2A(nn.Module):
         n_atoms = types.shape[0]
         r2 = (edge_vec * edge_vec).sum(-1)
         keep = r2 < self.rcut * self.rcut
-        if not bool(keep.all().item()):
-            edge_index, edge_vec, r2 = edge_index[:, keep], edge_vec[keep], r2[keep]
+        if not bool(keep.all().item()):  # e.g. the skin pairs of a Verlet list
+            idx = torch.nonzero(keep).squeeze(1)
+            edge_index, edge_vec, r2 = edge_index.index_select(1, idx), edge_vec.index_select(0, idx), r2[idx]
         centre, neigh = edge_index[0], edge_index[1]
         if not torch.jit.is_scripting():
             fused = self._fused_forward(types, centre, neigh, edge_vec)

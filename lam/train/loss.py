@@ -1,8 +1,9 @@
 """Training loss with scheduled prefactors, and error metrics per head.
 
 The loss is a sum of terms, one per quantity (``energy`` per atom, conservative ``forces``, ``virial`` per
-atom, ``direct_forces`` of a hybrid direct-force head), each weighted by a prefactor that follows the
-learning rate (DeePMD-kit's schedule)::
+atom, ``direct_forces`` of a hybrid direct-force head against the labels, ``direct_consistency`` of the
+direct forces against the model's own ``-dE/dr``), each weighted by a prefactor that follows the learning
+rate (DeePMD-kit's schedule)::
 
     pref(t) = limit_pref + (start_pref - limit_pref) * lr(t) / lr0
 
@@ -26,10 +27,11 @@ from lam.data import keys as K
 
 __all__ = ["QUANTITIES", "HeadMetrics", "LossTerm", "PotentialLoss", "atoms_per_graph"]
 
-QUANTITIES = ("energy", "forces", "virial", "direct_forces")
+QUANTITIES = ("energy", "forces", "virial", "direct_forces", "direct_consistency")
 """Names of the loss terms, in the order they are evaluated."""
 
-_DEFAULT_PREFS = {"energy": (0.02, 1.0), "forces": (1000.0, 1.0), "virial": (0.02, 1.0), "direct_forces": (1000.0, 1.0)}
+_DEFAULT_PREFS = {"energy": (0.02, 1.0), "forces": (1000.0, 1.0), "virial": (0.02, 1.0), "direct_forces": (1000.0, 1.0),
+                  "direct_consistency": (100.0, 100.0)}
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class PotentialLoss:
         virial: virial-per-atom term, only on frames with a virial label (default 0.02 → 1).
         direct_forces: term on the ``direct_forces`` output of a direct-force head (default off; set it to
             ``{}`` for the default 1000 → 1). With ``forces`` off this trains direct forces only.
+        direct_consistency: term on ``direct_forces - (-dE/dr)`` with the conservative forces detached (default
+            off; ``{}`` gives a constant 100): what multiple time stepping needs, since its outer step corrects
+            the direct forces by exactly that difference. Needs no labels (every frame counts, by its weight);
+            computes the conservative forces even when ``forces`` is off.
     """
 
     def __init__(
@@ -102,15 +108,17 @@ class PotentialLoss:
         forces: LossTerm | Mapping[str, Any] | None = None,
         virial: LossTerm | Mapping[str, Any] | None = None,
         direct_forces: LossTerm | Mapping[str, Any] | None = None,
+        direct_consistency: LossTerm | Mapping[str, Any] | None = None,
     ) -> None:
-        specs = {"energy": energy, "forces": forces, "virial": virial, "direct_forces": direct_forces}
+        specs = {"energy": energy, "forces": forces, "virial": virial, "direct_forces": direct_forces,
+                 "direct_consistency": direct_consistency}
         self.terms: dict[str, LossTerm] = {}
         for name in QUANTITIES:
             term = _as_term(name, specs[name])
             if term is not None:
                 self.terms[name] = term
         if not self.terms:
-            raise ValueError("the loss has no term: set at least one of energy, forces, virial, direct_forces")
+            raise ValueError("the loss has no term: set at least one of " + ", ".join(QUANTITIES))
 
     @classmethod
     def default(cls) -> PotentialLoss:
@@ -119,7 +127,7 @@ class PotentialLoss:
 
     @property
     def needs_forces(self) -> bool:
-        return "forces" in self.terms
+        return "forces" in self.terms or "direct_consistency" in self.terms
 
     @property
     def needs_virial(self) -> bool:
@@ -127,7 +135,7 @@ class PotentialLoss:
 
     @property
     def needs_direct_forces(self) -> bool:
-        return "direct_forces" in self.terms
+        return "direct_forces" in self.terms or "direct_consistency" in self.terms
 
     def to_config(self) -> dict[str, dict[str, Any]]:
         """The terms as plain dicts (for checkpoints and exported metadata)."""
@@ -154,6 +162,13 @@ class PotentialLoss:
                 mask = (batch[K.HAS_FORCES].to(natoms.dtype) * weight)[atom_graph]
                 pen = term.penalty(pred[key] - batch[K.FORCES]).mean(dim=-1)
                 out[name] = _weighted_mean(pen, mask)
+            elif name == "direct_consistency":
+                for key in (K.FORCES, K.DIRECT_FORCES):
+                    if key not in pred:
+                        raise KeyError(f"loss term 'direct_consistency' needs the model output {key!r}, "
+                                       "which is missing")
+                pen = term.penalty(pred[K.DIRECT_FORCES] - pred[K.FORCES].detach()).mean(dim=-1)
+                out[name] = _weighted_mean(pen, weight[atom_graph])
             else:  # virial
                 mask = batch[K.HAS_VIRIAL].to(natoms.dtype) * weight
                 if bool(mask.any()):

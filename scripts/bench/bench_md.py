@@ -102,9 +102,10 @@ def prepare_model(args: argparse.Namespace):
         if model.direct_force_head is None:
             raise SystemExit(f"{args.model}: the model has no direct-force head")
         return model.double().eval(), head, [f"model: {args.model} (head {head})"]
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / "lam_bench_md" /
-                 f"{args.preset}-t{args.train_steps}-lr{args.lr:g}-d{args.distill_steps}-md{args.distill_fs:g}"
-                 f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}")
+    name = (f"{args.preset}-t{args.train_steps}-lr{args.lr:g}-d{args.distill_steps}-md{args.distill_fs:g}"
+            f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}"
+            + (f"-c{args.consistency:g}" if args.consistency > 0 else ""))
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / "lam_bench_md" / name)
     if (cache / "metadata.json").is_file():
         info = list(read_metadata(cache).get("bench_md", []))
         print(f"cached bench model {cache}", flush=True)
@@ -135,10 +136,18 @@ def train_model(args: argparse.Namespace):
     train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
     heldout = list(read_any(WATER / HELDOUT_SYSTEM))[::5]
     t0 = time.process_time()
-    losses = quick_fit(model, train, args.train_steps, lr=args.lr) if args.train_steps else []
+    loss = None
+    if args.consistency > 0:  # quick_fit's default terms plus the direct head pulled towards -dE/dr
+        from lam.train.loss import PotentialLoss
+
+        pref = {"start_pref": 100.0, "limit_pref": 100.0}
+        loss = PotentialLoss(energy={"start_pref": 1.0, "limit_pref": 1.0}, forces=pref, direct_forces=pref,
+                             direct_consistency={"start_pref": args.consistency, "limit_pref": args.consistency})
+    losses = quick_fit(model, train, args.train_steps, lr=args.lr, loss=loss) if args.train_steps else []
     say(f"trained {args.preset} (float32) {args.train_steps} steps, batch 1, on {len(train)} frames of "
         f"{', '.join(TRAIN_SYSTEMS)} in {time.process_time() - t0:.0f} CPU s"
-        + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else ""))
+        + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else "")
+        + (f"; direct_consistency term {args.consistency:g}" if args.consistency > 0 else ""))
     model = model.double().eval()
     held_atoms = [frame_to_atoms(f) for f in heldout]
     ref_rms = float(np.sqrt(np.mean(np.concatenate([f.forces.ravel() ** 2 for f in heldout]))))
@@ -264,6 +273,8 @@ def main() -> None:
     parser.add_argument("--distill-lr", type=float, default=3e-3)
     parser.add_argument("--distill-frames", type=int, default=200,
                         help="frames taken from the --distill-fs run (half fit the head, half check it)")
+    parser.add_argument("--consistency", type=float, default=0.0,
+                        help="prefactor of the direct_consistency loss term (direct vs -dE/dr) in the training")
     parser.add_argument("--head-kind", default="edge", choices=["edge", "pair"], help="direct-force readout")
     parser.add_argument("--head-hidden", type=int, default=32, help="direct-force head width")
     parser.add_argument("--head-vectors", type=int, default=8, help="vector channels of the edge head")

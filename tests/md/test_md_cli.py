@@ -101,6 +101,7 @@ def test_hybrid_two_stages_direct_then_conservative(tmp_path: Path) -> None:
     stage1 = json.loads((Path(out["stage1"]["export_dir"]) / "metadata.json").read_text())
     stage2 = json.loads((out["export_dir"] / "metadata.json").read_text())
     assert stage1["config"]["loss"]["forces"] is None and stage1["config"]["loss"]["direct_forces"]
+    assert stage2["config"]["loss"]["direct_consistency"]
     assert stage2["config"]["loss"]["forces"] and stage2["config"]["model"]["source"] == str(
         Path(out["stage1"]["export_dir"]))
     assert out["export_dir"] == tmp_path / "stage2_conservative" / "export"

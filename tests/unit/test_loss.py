@@ -132,6 +132,24 @@ def test_direct_forces_term_alone_or_with_conservative_forces():
         direct_only({k: v for k, v in pred.items() if k != K.DIRECT_FORCES}, batch)
 
 
+def test_direct_consistency_pulls_direct_forces_to_the_detached_conservative_ones():
+    batch = _batch([_frame(3), _frame(2)], [0, 0])
+    batch[K.HAS_FORCES][:] = False  # needs no labels
+    pred = _pred(batch)
+    pred[K.FORCES] = (batch[K.FORCES] + 0.5).requires_grad_(True)
+    pred[K.DIRECT_FORCES] = (pred[K.FORCES].detach() + 0.3).requires_grad_(True)
+    loss = PotentialLoss(direct_consistency={})
+    assert loss.needs_forces and loss.needs_direct_forces
+    total, parts = loss(pred, batch)
+    assert float(parts["loss/direct_consistency"]) == pytest.approx(0.09)
+    assert float(parts["pref/direct_consistency"]) == 100.0
+    total.backward()
+    assert pred[K.FORCES].grad is None  # the conservative side is the target, not trained by this term
+    assert torch.allclose(pred[K.DIRECT_FORCES].grad, torch.full_like(pred[K.DIRECT_FORCES], 100.0 * 2 * 0.3 / 15))
+    with pytest.raises(KeyError, match="direct_consistency"):
+        loss({k: v for k, v in pred.items() if k != K.FORCES}, batch)
+
+
 def test_bad_loss_configs_raise():
     with pytest.raises(ValueError, match="unknown option"):
         PotentialLoss(energy={"start": 1.0})

@@ -278,7 +278,8 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
            head: str | None = None, index: int = 0, output_dir: str | Path | None = None, seed: int = 0,
            log_every: int = 1, taut: float = 100.0, direct: bool = False, dtype: str | None = None,
            device: str | None = None, keep_velocities: bool = False, progress: bool = True,
-           compress: bool = False, zero_net_direct: bool = True, direct_dtype: str | None = None) -> MDResult:
+           compress: bool = False, zero_net_direct: bool = True, direct_dtype: str | None = None,
+           skin: float = 0.5) -> MDResult:
     """Run MD and return the logged energies, the drift of the conserved energy and timings.
 
     Args:
@@ -305,6 +306,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
         direct_dtype: precision of the direct forces (``mts`` inner steps, ``direct=True``), e.g. ``float32``
             with a ``float64`` model: the cheap force in single precision, the conservative correction and
             the logged energies in double (see ``LAMCalculator``). ``None``: the model's dtype.
+        skin: Verlet skin (Å) of the calculator's neighbour list; results do not depend on it.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -314,7 +316,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
     atoms = load_structure(structure, index)
     if not keep_velocities:
         init_velocities(atoms, temperature, seed)
-    calc = LAMCalculator(potential, head=head, compress=compress, direct_dtype=direct_dtype)
+    calc = LAMCalculator(potential, head=head, compress=compress, direct_dtype=direct_dtype, skin=skin)
     dyn, forces = make_dynamics(atoms, calc, ensemble, dt, temperature, n_inner, direct, taut, seed,
                                 zero_net_direct=zero_net_direct)
 

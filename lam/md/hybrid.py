@@ -128,13 +128,18 @@ def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = 
 
 
 def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head: str | None = None,
-                        lr: float = 3e-3, seed: int = 0) -> float:
+                        lr: float = 3e-3, seed: int = 0, noise: float = 0.0, copies: int = 0) -> float:
     """Fit only the direct-force head to the model's own conservative forces on ``structures`` (ASE Atoms).
 
     Descriptor features are computed once, so each step costs one head evaluation. Multiple time stepping
     integrates the difference ``F_C - F_NC`` at the outer steps: the closer the direct forces are to the
-    conservative ones, the larger the outer step can be. Returns the final RMS of ``F_NC - F_C`` (eV/Å).
+    conservative ones, the larger the outer step can be. ``copies`` extra copies of every structure with
+    Gaussian displacements of ``noise`` Å per coordinate (seeded by ``seed``), labelled with the model's own
+    ``-dE/dr`` too, teach the head the force field around the sampled configurations (closer contacts, the
+    walls MD runs into when it heats). Returns the final RMS of ``F_NC - F_C`` (eV/Å) over all samples.
     """
+    if noise < 0 or copies < 0:
+        raise ValueError(f"noise and copies must be >= 0, got {noise} and {copies}")
     from lam.data import keys as K
     from lam.data.graph import edge_vectors
     from lam.md.calculator import atoms_to_batch
@@ -144,8 +149,16 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     head = head if head is not None else model.head_names[0]
     h = model.head_names.index(head)
     model.eval()
+    rng = np.random.default_rng(seed)
+    samples = list(structures)
+    if noise > 0:
+        for atoms in list(samples):
+            for _ in range(copies):
+                moved = atoms.copy()
+                moved.positions = atoms.positions + rng.normal(0.0, noise, atoms.positions.shape)
+                samples.append(moved)
     data = []
-    for atoms in structures:
+    for atoms in samples:
         batch = atoms_to_batch([atoms], model.rcut, head=h, dtype=model.dtype)
         target = model(batch, compute_forces=True)[K.FORCES].detach()
         with torch.no_grad():
@@ -158,7 +171,6 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     dfh = model.direct_force_head
     opt = torch.optim.Adam(dfh.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.1 ** (1.0 / max(steps, 1)))
-    rng = np.random.default_rng(seed)
     dfh.train()
     for _ in range(steps):
         feats, edges, vec, target = data[int(rng.integers(len(data)))]

@@ -104,7 +104,8 @@ def prepare_model(args: argparse.Namespace):
         return model.double().eval(), head, [f"model: {args.model} (head {head})"]
     name = (f"{args.preset}-t{args.train_steps}-lr{args.lr:g}-d{args.distill_steps}-md{args.distill_fs:g}"
             f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}"
-            + (f"-c{args.consistency:g}" if args.consistency > 0 else ""))
+            + (f"-c{args.consistency:g}" if args.consistency > 0 else "")
+            + (f"-x{args.distill_copies}n{args.distill_noise:g}" if args.distill_copies and args.distill_noise else ""))
     cache = Path(args.cache or Path(tempfile.gettempdir()) / "lam_bench_md" / name)
     if (cache / "metadata.json").is_file():
         info = list(read_metadata(cache).get("bench_md", []))
@@ -174,9 +175,12 @@ def train_model(args: argparse.Namespace):
     fit, check = frames[0::2], frames[1::2]
     before = _force_errors(model, "water", check)
     t0 = time.process_time()
-    distill_direct_head(model, fit, args.distill_steps, lr=args.distill_lr)
+    distill_direct_head(model, fit, args.distill_steps, lr=args.distill_lr, noise=args.distill_noise,
+                        copies=args.distill_copies)
     after = _force_errors(model, "water", check)
-    say(f"direct head distilled onto -dE/dr ({args.distill_steps} head-only steps on {len(fit)} frames, "
+    extra = (f" + {args.distill_copies} copies each displaced by {args.distill_noise:g} Å"
+             if args.distill_copies and args.distill_noise else "")
+    say(f"direct head distilled onto -dE/dr ({args.distill_steps} head-only steps on {len(fit)} frames{extra}, "
         f"{time.process_time() - t0:.0f} CPU s); on {len(check)} held-out frames of the run: RMS |F_C| = "
         f"{after['f_c'] * 1000:.0f} meV/Å, RMS |F_NC - F_C| = {before['nc_vs_c'] * 1000:.0f} -> "
         f"{after['nc_vs_c'] * 1000:.0f} meV/Å ({after['nc0_vs_c'] * 1000:.0f} meV/Å with the net force removed)")
@@ -275,6 +279,9 @@ def main() -> None:
                         help="frames taken from the --distill-fs run (half fit the head, half check it)")
     parser.add_argument("--consistency", type=float, default=0.0,
                         help="prefactor of the direct_consistency loss term (direct vs -dE/dr) in the training")
+    parser.add_argument("--distill-noise", type=float, default=0.0,
+                        help="Gaussian displacement (Å) of the extra distillation copies (--distill-copies)")
+    parser.add_argument("--distill-copies", type=int, default=0, help="displaced copies per distillation frame")
     parser.add_argument("--head-kind", default="edge", choices=["edge", "pair"], help="direct-force readout")
     parser.add_argument("--head-hidden", type=int, default=32, help="direct-force head width")
     parser.add_argument("--head-vectors", type=int, default=8, help="vector channels of the edge head")

@@ -142,3 +142,31 @@ def test_direct_forces_in_single_precision_next_to_a_double_model(model: Potenti
     assert r.force_calls == {"conservative": 6, "direct": 21} and np.all(np.isfinite(r.etot_ev))
     with pytest.raises(ValueError, match="direct_dtype"):
         LAMCalculator(model, head="water", direct_dtype="int32")
+
+
+def test_distill_direct_head_fits_the_models_own_forces_with_displaced_copies(water: Atoms) -> None:
+    from lam.md.hybrid import distill_direct_head
+
+    model = small_student(seed=4)
+    calc = LAMCalculator(model)
+
+    def gap(atoms_list: list[Atoms]) -> float:
+        sq = []
+        for a in atoms_list:
+            calc.calculate(a.copy(), ["energy", "forces", "direct_forces"])
+            sq.append(np.mean((calc.results["forces"] - calc.results["direct_forces"]) ** 2))
+        return float(np.sqrt(np.mean(sq)))
+
+    rng = np.random.default_rng(3)
+    fit = [water]
+    check = []
+    for _ in range(2):  # held-out configurations near the fitted one
+        a = water.copy()
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        check.append(a)
+    before = gap(check)
+    final = distill_direct_head(model, fit, steps=150, lr=1e-2, noise=0.05, copies=3)
+    after = gap(check)
+    assert np.isfinite(final) and after < 0.7 * before, (before, after)
+    with pytest.raises(ValueError, match="noise and copies"):
+        distill_direct_head(model, fit, steps=1, noise=-0.1, copies=1)

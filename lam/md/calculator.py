@@ -105,8 +105,6 @@ class LAMCalculator(Calculator):
                  device: torch.device | str | None = None, compress: bool = True,
                  direct_dtype: torch.dtype | str | None = None, skin: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not skin >= 0:
-            raise ValueError(f"skin must be >= 0 Å, got {skin}")
         self.skin = float(skin)
         self._verlet: dict[float, VerletList] = {}
         from lam.runtime import configure_allocator
@@ -120,6 +118,7 @@ class LAMCalculator(Calculator):
             raise ValueError(f"no head {head!r}; the model has heads {model.head_names}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
+        self.neighbor_list(self.model.rcut)  # validates ``skin`` now rather than at the first calculation
         self.head = head
         members = list(committee or [])
         if members and not any(m is model for m in members):

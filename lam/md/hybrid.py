@@ -83,13 +83,14 @@ def _set_references(model: Any, frames: Sequence[Any], head: str) -> None:
 
 
 def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = None, lr: float = 2e-3,
-              loss: Any = None, seed: int = 0, batch_size: int = 1) -> list[float]:
+              loss: Any = None, seed: int = 0, batch_size: int = 1, direct_consistency: float = 0.0) -> list[float]:
     """A minimal in-memory training loop for small experiments (tests, benchmarks), returns the losses.
 
     Sets the head's element references by least squares, then trains with Adam (learning rate decaying
     exponentially to ``lr / 10``) on random batches of ``frames`` (labelled :class:`~lam.data.frame.Frame`s).
     The default loss trains the energy, the conservative forces and, when the model has a direct-force head,
-    the direct forces. Real training runs use ``python -m lam.pretrain`` / ``lam.finetune``.
+    the direct forces, plus the ``direct_consistency`` term with prefactor ``direct_consistency`` when it is
+    positive. Real training runs use ``python -m lam.pretrain`` / ``lam.finetune``.
     """
     from lam.data.graph import AtomicGraph, collate
     from lam.train.loss import PotentialLoss
@@ -106,7 +107,9 @@ def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = 
     if loss is None:
         loss = PotentialLoss(energy={"start_pref": 1.0, "limit_pref": 1.0},
                              forces={"start_pref": 100.0, "limit_pref": 100.0},
-                             direct_forces={"start_pref": 100.0, "limit_pref": 100.0} if direct else None)
+                             direct_forces={"start_pref": 100.0, "limit_pref": 100.0} if direct else None,
+                             direct_consistency={"start_pref": direct_consistency, "limit_pref": direct_consistency}
+                             if direct and direct_consistency > 0 else None)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gamma = 0.1 ** (1.0 / max(steps, 1))

@@ -137,14 +137,8 @@ def train_model(args: argparse.Namespace):
     train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
     heldout = list(read_any(WATER / HELDOUT_SYSTEM))[::5]
     t0 = time.process_time()
-    loss = None
-    if args.consistency > 0:  # quick_fit's default terms plus the direct head pulled towards -dE/dr
-        from lam.train.loss import PotentialLoss
-
-        pref = {"start_pref": 100.0, "limit_pref": 100.0}
-        loss = PotentialLoss(energy={"start_pref": 1.0, "limit_pref": 1.0}, forces=pref, direct_forces=pref,
-                             direct_consistency={"start_pref": args.consistency, "limit_pref": args.consistency})
-    losses = quick_fit(model, train, args.train_steps, lr=args.lr, loss=loss) if args.train_steps else []
+    losses = (quick_fit(model, train, args.train_steps, lr=args.lr, direct_consistency=args.consistency)
+              if args.train_steps else [])
     say(f"trained {args.preset} (float32) {args.train_steps} steps, batch 1, on {len(train)} frames of "
         f"{', '.join(TRAIN_SYSTEMS)} in {time.process_time() - t0:.0f} CPU s"
         + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else "")

@@ -396,7 +396,7 @@ class SeE2A(nn.Module):
         n_atoms = types.shape[0]
         r2 = (edge_vec * edge_vec).sum(-1)
         keep = r2 < self.rcut * self.rcut
-        if not bool(keep.all().item()):  # e.g. the skin pairs of a Verlet list
+        if not bool(keep.all().item()):  # a graph built for a larger cutoff (e.g. a direct head's)
             idx = torch.nonzero(keep).squeeze(1)
             edge_index, edge_vec, r2 = edge_index.index_select(1, idx), edge_vec.index_select(0, idx), r2[idx]
         centre, neigh = edge_index[0], edge_index[1]

@@ -29,6 +29,7 @@ VIRIAL = "virial"
 STRESS = "stress"
 ATOMIC_ENERGY = "atomic_energy"
 DIRECT_FORCES = "direct_forces"
+FEATURES = "features"  # descriptor features (N, D), returned on request
 
 HAS_ENERGY = "has_energy"
 HAS_FORCES = "has_forces"

@@ -132,6 +132,7 @@ class LAMCalculator(Calculator):
             for m in {id(m): m for m in [model, *members]}.values():
                 m.compress()
         self.direct_model: Potential | None = None
+        self.features: torch.Tensor | None = None  # descriptor features of the last full evaluation
         if direct_dtype is not None:
             dd = direct_dtype if isinstance(direct_dtype, torch.dtype) else \
                 getattr(torch, str(direct_dtype).replace("torch.", ""))
@@ -153,7 +154,10 @@ class LAMCalculator(Calculator):
     def _evaluate(self, model: Potential, atoms: Atoms, stress: bool, direct: bool = False
                   ) -> dict[str, np.ndarray]:
         batch = self._batch(model, atoms)
-        out = model(batch, compute_forces=True, compute_virial=stress, compute_direct=direct)
+        keep = model is self.model and self.has_direct_forces
+        out = model(batch, compute_forces=True, compute_virial=stress, compute_direct=direct, return_features=keep)
+        if keep:
+            self.features = out.pop(K.FEATURES)
         return {k: v.detach().cpu().double().numpy() for k, v in out.items()}
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
@@ -183,9 +187,35 @@ class LAMCalculator(Calculator):
         """Direct forces alone: one descriptor pass, no autograd graph (in ``direct_dtype`` if set)."""
         model = self.direct_model if self.direct_model is not None else self.model
         batch = self._batch(model, atoms)
-        with torch.inference_mode():
+        with self._direct_mode(model):
             out = model(batch, compute_forces=False, compute_direct=True)
         return out[K.DIRECT_FORCES].detach().cpu().double().numpy()
+
+    @staticmethod
+    def _direct_mode(model: Potential) -> Any:
+        # a gradient head (kind="energy") differentiates its own energy, which inference mode forbids
+        return torch.no_grad() if getattr(model.direct_force_head, "is_gradient", False) else torch.inference_mode()
+
+    def frozen_direct_forces(self, atoms: Atoms) -> np.ndarray:
+        """Direct forces at ``atoms``' positions from the descriptor features of the last full evaluation.
+
+        No descriptor pass: only the direct head runs, on a neighbour list at the head's cutoff. This is the
+        inner force of multiple time stepping with ``inner="frozen"``: the features are refreshed by every
+        conservative evaluation (once per outer step). For a head of ``kind="energy"`` the result is the exact
+        gradient of a potential as long as the features are not refreshed.
+        """
+        if not self.has_direct_forces:
+            raise PropertyNotImplementedError("frozen direct forces need a model with a direct-force head")
+        if self.features is None or self.atoms is None or len(self.atoms) != len(atoms):
+            raise RuntimeError("frozen_direct_forces needs the features of an earlier full evaluation of these "
+                               "atoms (get_forces first)")
+        model = self.direct_model if self.direct_model is not None else self.model
+        head = model.direct_force_head
+        batch = atoms_to_batch([atoms], float(head.rcut), head=model.head_names.index(self.head), dtype=model.dtype,
+                               device=self.device, verlet=[self.neighbor_list(float(head.rcut))])
+        with self._direct_mode(model):
+            forces = model.direct_forces_from_features(self.features, batch)
+        return forces.detach().cpu().double().numpy()
 
     def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),
                   system_changes: Sequence[str] = all_changes) -> None:

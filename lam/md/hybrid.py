@@ -189,6 +189,68 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     return float(torch.stack(sq).mean().sqrt())
 
 
+def distill_frozen_head(model: Any, trajectory: Sequence[Any], steps: int, lag: int = 8, head: str | None = None,
+                        lr: float = 3e-3, seed: int = 0, stride: int = 1) -> dict[str, float]:
+    """Fit only the direct-force head as the inner force of ``inner="frozen"`` multiple time stepping.
+
+    ``trajectory``: consecutive MD frames (ASE Atoms) one inner step apart. Each sample pairs an *anchor*
+    frame ``a`` (taken every ``stride`` frames), whose descriptor features the head reads, with a frame
+    ``a + s`` (``0 <= s <= lag``, the inner steps of an outer step), whose geometry it reads; the target is
+    the model's ``-dE/dr`` at frame ``a + s``. This is exactly what the head computes inside an outer step of
+    ``lag`` inner steps, so the fit asks the slow force ``F_C - F_NC`` to stay small over the outer step.
+    Returns the RMS of ``F_NC - F_C`` (eV/Å) at lag 0 and at lag ``lag`` over the anchors.
+    """
+    from lam.data import keys as K
+    from lam.data.graph import edge_vectors
+    from lam.md.calculator import atoms_to_batch
+
+    if model.direct_force_head is None:
+        raise ValueError("distill_frozen_head needs a model with a direct-force head")
+    frames = list(trajectory)
+    if lag < 0 or stride < 1 or len(frames) < lag + 2:
+        raise ValueError(f"need lag >= 0, stride >= 1 and more than lag + 1 frames; got lag {lag}, stride "
+                         f"{stride}, {len(frames)} frames")
+    head = head if head is not None else model.head_names[0]
+    h = model.head_names.index(head)
+    dfh = model.direct_force_head
+    model.eval()
+    anchors = list(range(0, len(frames) - lag, stride))
+    need = sorted({a + s for a in anchors for s in range(lag + 1)})
+    feats, geom, target = {}, {}, {}
+    for k in need:
+        batch = atoms_to_batch([frames[k]], model.rcut, head=h, dtype=model.dtype)
+        out = model(batch, compute_forces=True, return_features=True)
+        target[k] = out[K.FORCES].detach()
+        if k in anchors:
+            feats[k] = out[K.FEATURES]
+        small = atoms_to_batch([frames[k]], float(dfh.rcut), head=h, dtype=model.dtype)
+        with torch.no_grad():
+            vec = edge_vectors(small[K.POSITIONS], small[K.EDGE_INDEX], small[K.SHIFTS], small[K.CELL],
+                               small[K.BATCH])
+        geom[k] = (small[K.EDGE_INDEX], vec)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(dfh.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.1 ** (1.0 / max(steps, 1)))
+    dfh.train()
+    for _ in range(steps):
+        a = anchors[int(rng.integers(len(anchors)))]
+        t = a + int(rng.integers(lag + 1))
+        err = dfh(feats[a], *geom[t]) - target[t]
+        loss = err.square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    dfh.eval()
+
+    def rms(s: int) -> float:
+        with torch.no_grad():
+            sq = [(dfh(feats[a], *geom[a + s]) - target[a + s]).square().mean() for a in anchors]
+        return float(torch.stack(sq).mean().sqrt())
+
+    return {"lag0": rms(0), f"lag{lag}": rms(lag)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m lam.md.hybrid [stage-1 overrides] [--finetune stage-2 overrides]``."""
     args = list(sys.argv[1:] if argv is None else argv)

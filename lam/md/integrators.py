@@ -62,22 +62,30 @@ class MultipleTimeStepVerlet(MolecularDynamics):
     ``fast_forces`` is the cheap direct force, ``slow_forces`` the conservative one; both are callables on
     ``Atoms``. ``atoms.calc`` (used by ASE loggers for the potential energy) should be the conservative model.
     ``fast_calls`` / ``slow_calls`` count force evaluations.
+
+    ``refresh_fast``: for a fast force that depends on state refreshed by the slow evaluation (the frozen
+    descriptor features of ``inner="frozen"``), the fast force at the current positions *after* the slow force
+    there has been computed. Every outer step then uses one fast force throughout: its opening half-kick
+    ``F_slow - F_fast``, its inner steps and its closing half-kick (the fast force at the end evaluated before
+    the refresh), so that each outer step is r-RESPA for the splitting ``F_slow = F_fast + (F_slow - F_fast)``
+    of that step; the fast force is refreshed once per outer step (counted in ``fast_calls``).
     """
 
     def __init__(self, atoms: Atoms, timestep: float, n_inner: int, fast_forces: ForceFn,
-                 slow_forces: ForceFn, **kwargs: object) -> None:
+                 slow_forces: ForceFn, refresh_fast: ForceFn | None = None, **kwargs: object) -> None:
         if n_inner < 1:
             raise ValueError(f"n_inner (M) must be >= 1, got {n_inner}")
         super().__init__(atoms, timestep, **kwargs)
         self.n_inner = int(n_inner)
         self.fast = CountingForces(fast_forces)
         self.slow = CountingForces(slow_forces)
+        self.refresh = CountingForces(refresh_fast) if refresh_fast is not None else None
         self._f_fast: np.ndarray | None = None
         self._f_slow: np.ndarray | None = None
 
     @property
     def fast_calls(self) -> int:
-        return self.fast.calls
+        return self.fast.calls + (self.refresh.calls if self.refresh is not None else 0)
 
     @property
     def slow_calls(self) -> int:
@@ -86,7 +94,11 @@ class MultipleTimeStepVerlet(MolecularDynamics):
     def step(self, forces: np.ndarray | None = None) -> np.ndarray:  # noqa: ARG002 - ASE signature
         atoms = self.atoms
         masses = atoms.get_masses()[:, None]
-        if self._f_fast is None or self._f_slow is None:
+        if self.refresh is not None:  # the slow force first: it refreshes what the fast one depends on
+            if self._f_slow is None:
+                self._f_slow = self.slow(atoms)
+            self._f_fast = self.refresh(atoms)
+        elif self._f_fast is None or self._f_slow is None:
             self._f_fast = self.fast(atoms)
             self._f_slow = self.slow(atoms)
         dt, h = self.dt, self.dt / self.n_inner

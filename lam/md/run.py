@@ -9,7 +9,8 @@ an :class:`MDResult` with the drift of the conserved energy in meV/atom/ps:
   thermostat has put into the system so far (its accumulated work), so the drift measures the integrator only.
 * ``mts``: r-RESPA (:class:`~lam.md.integrators.MultipleTimeStepVerlet`): ``n_inner`` inner steps of
   ``dt / n_inner`` with the model's direct-force head, corrected by the conservative forces once per outer
-  step ``dt``; conserved energy ``Etot``. ``steps`` counts outer steps.
+  step ``dt``; conserved energy ``Etot``. ``steps`` counts outer steps. ``inner="frozen"`` runs the inner
+  steps on the descriptor features of the outer step (the head alone, no descriptor pass).
 
 ``direct=True`` with ``nve``/``nvt`` integrates with the direct forces alone (for comparisons; such forces
 are not conservative, which is what the drift then shows). Direct forces have their net force removed by
@@ -44,6 +45,7 @@ from lam.models.potential import Potential
 __all__ = ["ENSEMBLES", "MDResult", "init_velocities", "load_structure", "make_dynamics", "run_md"]
 
 ENSEMBLES = ("nve", "nvt", "mts")
+MTS_INNER = ("direct", "frozen")
 LOG_COLUMNS = ("step", "time_fs", "epot_ev", "ekin_ev", "etot_ev", "temperature_k", "conserved_ev")
 
 
@@ -146,6 +148,14 @@ class _Forces:
             forces -= forces.mean(axis=0)
         return forces
 
+    def frozen(self, atoms: Atoms) -> np.ndarray:
+        """The direct head at ``atoms`` on the features of the last conservative evaluation (no descriptor)."""
+        self.direct_calls += 1
+        forces = self.calc.frozen_direct_forces(atoms)
+        if self.zero_net:
+            forces -= forces.mean(axis=0)
+        return forces
+
 
 class _DirectCalculator(Calculator):
     """Forces = the model's direct forces; energy = the conservative energy, computed only when asked."""
@@ -218,11 +228,13 @@ def _resolve_model(model: Potential | str | Path, dtype: str | torch.dtype | Non
 
 
 def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float, temperature: float,
-                  n_inner: int, direct: bool, taut_fs: float, seed: int, zero_net_direct: bool = True
-                  ) -> tuple[MolecularDynamics, _Forces]:
+                  n_inner: int, direct: bool, taut_fs: float, seed: int, zero_net_direct: bool = True,
+                  inner: str = "direct") -> tuple[MolecularDynamics, _Forces]:
     """The ASE dynamics object for ``ensemble`` and the force source (whose counters it updates)."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
+    if inner not in MTS_INNER:
+        raise ValueError(f"inner must be one of {MTS_INNER}, got {inner!r}")
     if (ensemble == "mts" or direct) and not calc.has_direct_forces:
         raise ValueError(f"ensemble={ensemble}{' with direct forces' if direct else ''} needs a model with a "
                          "direct-force head (build it with direct_force=True, train it with the hybrid recipe)")
@@ -233,10 +245,14 @@ def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float
     if ensemble == "mts":
         if n_inner < 1:
             raise ValueError(f"n_inner must be >= 1, got {n_inner}")
-        forces = _Forces(calc, n_inner=n_inner, zero_net=zero_net_direct)
         atoms.calc = calc
-        dyn: MolecularDynamics = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.direct,
-                                                        forces.conservative)
+        if inner == "frozen":
+            forces = _Forces(calc, zero_net=zero_net_direct)
+            dyn: MolecularDynamics = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.frozen,
+                                                            forces.conservative, refresh_fast=forces.frozen)
+            return dyn, forces
+        forces = _Forces(calc, n_inner=n_inner, zero_net=zero_net_direct)
+        dyn = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.direct, forces.conservative)
         return dyn, forces
     forces = _Forces(calc, zero_net=zero_net_direct)
     if direct:
@@ -279,7 +295,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
            log_every: int = 1, taut: float = 100.0, direct: bool = False, dtype: str | None = None,
            device: str | None = None, keep_velocities: bool = False, progress: bool = True,
            compress: bool = False, zero_net_direct: bool = True, direct_dtype: str | None = None,
-           skin: float = 0.5) -> MDResult:
+           skin: float = 0.5, inner: str = "direct") -> MDResult:
     """Run MD and return the logged energies, the drift of the conserved energy and timings.
 
     Args:
@@ -307,6 +323,10 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
             with a ``float64`` model: the cheap force in single precision, the conservative correction and
             the logged energies in double (see ``LAMCalculator``). ``None``: the model's dtype.
         skin: Verlet skin (Å) of the calculator's neighbour list; results do not depend on it.
+        inner: ``mts`` inner force. ``direct``: the direct head with a descriptor pass at every inner step.
+            ``frozen``: the direct head on the descriptor features of the last outer (conservative) step, no
+            descriptor pass in the inner steps (much cheaper); with a head of ``kind="energy"`` the inner
+            dynamics of every outer step are then Hamiltonian (see :mod:`lam.models.direct_force`).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -318,7 +338,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
         init_velocities(atoms, temperature, seed)
     calc = LAMCalculator(potential, head=head, compress=compress, direct_dtype=direct_dtype, skin=skin)
     dyn, forces = make_dynamics(atoms, calc, ensemble, dt, temperature, n_inner, direct, taut, seed,
-                                zero_net_direct=zero_net_direct)
+                                zero_net_direct=zero_net_direct, inner=inner)
 
     rows: list[tuple[float, ...]] = []
     traj = None

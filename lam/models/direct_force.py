@@ -15,6 +15,18 @@ gradient of a many-body energy has components perpendicular to ``r_ij`` (angular
 ``V`` supply them. The antisymmetric assembly makes the net force exactly zero (Newton's third law, total
 momentum conserved) and every term is smooth at the cutoff.
 
+``"energy"`` predicts a cheap local energy of the geometry *at fixed features* and returns its exact
+gradient with respect to the positions, with the features held constant::
+
+    E_f(r; g) = Σ_ij sw(r_ij) a_ij + Σ_i u(g_i, Gram(V_i)),     F_i = -∂E_f/∂r_i   (g fixed)
+
+with ``a_ij``, ``V_i`` as above and ``u`` an MLP of the per-atom Gram matrix ``V_i V_iᵀ`` (the three-body,
+angular invariants) and the features. It is still a direct force (the gradient does not pass through the
+descriptor), but with the features *frozen* it is the gradient of a potential: :func:`lam.md.run.run_md`
+with ``inner="frozen"`` computes the features once per outer r-RESPA step and integrates the inner steps with
+this head alone, so the inner dynamics are Hamiltonian (no curl to heat the system) and cost a small fraction
+of a descriptor pass.
+
 ``"pair"`` (the first version, kept so that models saved with it still load):
 ``F_i = scale * Σ_j w(g_i, g_j, r_ij) sw(r_ij) r_ij / |r_ij|``: forces along the pair directions only.
 """
@@ -30,7 +42,7 @@ from torch import Tensor, nn
 from lam.models.descriptors.se_e2_a import smooth_switch
 from lam.models.heads import make_activation
 
-DIRECT_FORCE_KINDS = ("edge", "pair")
+DIRECT_FORCE_KINDS = ("edge", "pair", "energy")
 
 
 class DirectForceHead(nn.Module):
@@ -43,7 +55,8 @@ class DirectForceHead(nn.Module):
         hidden: width of the edge MLP.
         num_basis: number of radial (sine) basis functions.
         activation: activation of the edge MLP.
-        kind: ``"edge"`` (edge vectors with per-atom vector features) or ``"pair"`` (pair directions only).
+        kind: ``"edge"`` (edge vectors with per-atom vector features), ``"energy"`` (gradient of a local
+            energy at fixed features) or ``"pair"`` (pair directions only).
         vectors: number of per-atom vector channels ``V`` (``kind="edge"``).
         neighbour_norm: divisor of the sum that forms ``V`` (about the typical neighbour count).
     """
@@ -75,7 +88,14 @@ class DirectForceHead(nn.Module):
             self.trunk = nn.Sequential(make_activation(activation), nn.Linear(self.hidden, self.hidden),
                                        make_activation(activation))
             self.vector_weights = nn.Linear(self.hidden, self.vectors)  # w_ij,c
-            self.edge_out = nn.Linear(self.hidden, 1 + 2 * self.vectors)  # a_ij, b_ij,c, c_ij,c
+            if kind == "edge":
+                self.edge_out = nn.Linear(self.hidden, 1 + 2 * self.vectors)  # a_ij, b_ij,c, c_ij,c
+            else:
+                self.pair_energy = nn.Linear(self.hidden, 1)  # a_ij
+                self.gram_in = nn.Linear(self.vectors * self.vectors, self.hidden)
+                self.atom_in = nn.Linear(self.dim_in, self.hidden, bias=False)
+                self.atom_mlp = nn.Sequential(make_activation(activation), nn.Linear(self.hidden, self.hidden),
+                                              make_activation(activation), nn.Linear(self.hidden, 1))
         self.register_buffer("scale", torch.ones(()))
 
     @property
@@ -85,8 +105,15 @@ class DirectForceHead(nn.Module):
                 "num_basis": self.num_basis, "activation": self.activation, "kind": self.kind,
                 "vectors": self.vectors, "neighbour_norm": self.neighbour_norm}
 
+    @property
+    def is_gradient(self) -> bool:
+        """Whether the forces are the gradient of a local energy at fixed features (``kind="energy"``)."""
+        return self.kind == "energy"
+
     def forward(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
         """Forces (N, 3) from features (N, dim_in), edges (2, E) and edge vectors r_ij (E, 3)."""
+        if self.kind == "energy":
+            return self._gradient_forces(features, edge_index, edge_vec)
         r = edge_vec.norm(dim=-1)
         keep = r < self.rcut
         i, j = edge_index[0][keep], edge_index[1][keep]
@@ -110,3 +137,39 @@ class DirectForceHead(nn.Module):
         e = e * sw.unsqueeze(-1)
         forces = features.new_zeros(n_atoms, 3).index_add(0, i, e).index_add(0, j, -e)
         return self.scale.to(forces.dtype) * forces
+
+    def local_energy(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        """``kind="energy"``: the head's energy ``E_f`` (a scalar, summed over all atoms) of the geometry."""
+        if self.kind != "energy":
+            raise ValueError(f"local_energy needs kind='energy', this head is {self.kind!r}")
+        r = edge_vec.norm(dim=-1)
+        keep = r < self.rcut
+        i, j = edge_index[0][keep], edge_index[1][keep]
+        r, vec = r[keep], edge_vec[keep]
+        n = torch.arange(1, self.num_basis + 1, device=r.device, dtype=r.dtype)
+        basis = torch.sin(n * (math.pi / self.rcut) * r.unsqueeze(-1)) / r.unsqueeze(-1)
+        z = self.trunk(self.centre(features)[i] + self.neighbour(features)[j] + self.radial(basis))
+        sw = smooth_switch(r, self.rcut_smth, self.rcut)
+        unit = vec / r.unsqueeze(-1)
+        w = self.vector_weights(z) * (sw / self.neighbour_norm).unsqueeze(-1)  # (E, C)
+        n_atoms = features.shape[0]
+        v = features.new_zeros(n_atoms, self.vectors, 3).index_add(0, i, w.unsqueeze(-1) * unit.unsqueeze(1))
+        gram = torch.einsum("ncx,ndx->ncd", v, v).reshape(n_atoms, -1)
+        atom = self.atom_mlp(self.gram_in(gram) + self.atom_in(features)).squeeze(-1)
+        pair = self.pair_energy(z).squeeze(-1) * sw
+        return self.scale.to(pair.dtype) * (pair.sum() + atom.sum())
+
+    def _gradient_forces(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        """``-∂E_f/∂r`` at fixed ``features`` (the gradient does not reach the descriptor).
+
+        The graph of the forces is kept in training mode (so that a loss on them reaches the head's weights
+        and, through ``features``, the descriptor's); elsewhere the forces are plain tensors.
+        """
+        with torch.enable_grad():
+            vec = edge_vec.detach().requires_grad_(True)
+            energy = self.local_energy(features, edge_index, vec)
+            (d_vec,) = torch.autograd.grad(energy, vec, create_graph=self.training)
+        # r_ij = r_j - r_i: dE/dr_i = -Σ_(i->j) dE/dr_ij + Σ_(k->i) dE/dr_ki, and F = -dE/dr
+        n_atoms = features.shape[0]
+        forces = d_vec.new_zeros(n_atoms, 3).index_add(0, edge_index[0], d_vec).index_add(0, edge_index[1], -d_vec)
+        return forces

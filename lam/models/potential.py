@@ -410,12 +410,14 @@ class Potential(nn.Module):
                                                                     heads_present)
 
     def forward(self, batch: Any, compute_forces: bool = True, compute_virial: bool = False,
-                head: str | int | None = None, compute_direct: bool = False) -> dict[str, Tensor]:
+                head: str | int | None = None, compute_direct: bool = False, return_features: bool = False
+                ) -> dict[str, Tensor]:
         """Evaluate a batch (PyG Batch/Data or dict with the fields of :mod:`lam.data.keys`).
 
         Returns a dict with ``energy`` (G,), ``atomic_energy`` (N,), and when asked ``forces`` (N, 3),
-        ``virial`` (G, 3, 3), ``stress`` (G, 3, 3) (``-W/V``; zero for graphs without volume) and
-        ``direct_forces`` (N, 3).
+        ``virial`` (G, 3, 3), ``stress`` (G, 3, 3) (``-W/V``; zero for graphs without volume),
+        ``direct_forces`` (N, 3) and the descriptor ``features`` (N, D) (detached; see
+        :meth:`direct_forces_from_features`).
         """
         dtype = self.dtype
         pos = _field(batch, K.POSITIONS)
@@ -485,4 +487,32 @@ class Potential(nn.Module):
                     raise ValueError("compute_direct=True but the model has no direct_force_head")
                 out[K.DIRECT_FORCES] = self.direct_force_head(feats, edge_index, edge_vec.detach()
                                                               if not self.training else edge_vec)
+            if return_features:
+                out[K.FEATURES] = feats.detach()
         return out
+
+    def direct_forces_from_features(self, features: Tensor, batch: Any) -> Tensor:
+        """Direct forces (N, 3) at the batch's positions from given descriptor ``features`` (N, D).
+
+        With the features of an earlier evaluation (``return_features=True``) this is the direct head alone,
+        without a descriptor pass: the *frozen-feature* inner force of multiple time stepping. For a head of
+        ``kind="energy"`` it is the exact gradient of the head's local energy at those features. The batch
+        only needs edges within the head's cutoff.
+        """
+        if self.direct_force_head is None:
+            raise ValueError("direct_forces_from_features needs a model with a direct_force_head")
+        dtype = self.dtype
+        pos = _field(batch, K.POSITIONS).to(dtype)
+        edge_index = _field(batch, K.EDGE_INDEX).long()
+        if features.shape[0] != pos.shape[0]:
+            raise ValueError(f"features are for {features.shape[0]} atoms, the batch has {pos.shape[0]}")
+        seg = _field(batch, K.BATCH)
+        seg = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device) if seg is None else seg.long()
+        cell = _field(batch, K.CELL)
+        cell = (torch.zeros(1, 3, 3, device=pos.device, dtype=dtype) if cell is None
+                else cell.reshape(-1, 3, 3).to(dtype))
+        shifts = _field(batch, K.SHIFTS)
+        shifts = (torch.zeros(edge_index.shape[1], 3, device=pos.device, dtype=dtype) if shifts is None
+                  else shifts.to(dtype))
+        edge_vec = edge_vectors(pos, edge_index, shifts, cell, seg)
+        return self.direct_force_head(features.to(dtype), edge_index, edge_vec)

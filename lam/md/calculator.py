@@ -196,17 +196,19 @@ class LAMCalculator(Calculator):
         # a gradient head (kind="energy") differentiates its own energy, which inference mode forbids
         return torch.no_grad() if getattr(model.direct_force_head, "is_gradient", False) else torch.inference_mode()
 
-    def frozen_direct_forces(self, atoms: Atoms) -> np.ndarray:
-        """Direct forces at ``atoms``' positions from the descriptor features of the last full evaluation.
+    def frozen_direct_forces(self, atoms: Atoms, features: torch.Tensor | None = None) -> np.ndarray:
+        """Direct forces at ``atoms``' positions from given descriptor ``features`` (default: those of the last
+        full evaluation, ``self.features``).
 
         No descriptor pass: only the direct head runs, on a neighbour list at the head's cutoff. This is the
-        inner force of multiple time stepping with ``inner="frozen"``: the features are refreshed by every
-        conservative evaluation (once per outer step). For a head of ``kind="energy"`` the result is the exact
-        gradient of a potential as long as the features are not refreshed.
+        inner force of multiple time stepping with ``inner="frozen"``, which keeps a copy of the features and
+        refreshes it from a conservative evaluation every few outer steps. For a head of ``kind="energy"``
+        the result is the exact gradient of a potential as long as the features stay the same.
         """
         if not self.has_direct_forces:
             raise PropertyNotImplementedError("frozen direct forces need a model with a direct-force head")
-        if self.features is None or self.atoms is None or len(self.atoms) != len(atoms):
+        features = self.features if features is None else features
+        if features is None or features.shape[0] != len(atoms):
             raise RuntimeError("frozen_direct_forces needs the features of an earlier full evaluation of these "
                                "atoms (get_forces first)")
         model = self.direct_model if self.direct_model is not None else self.model
@@ -214,7 +216,7 @@ class LAMCalculator(Calculator):
         batch = atoms_to_batch([atoms], float(head.rcut), head=model.head_names.index(self.head), dtype=model.dtype,
                                device=self.device, verlet=[self.neighbor_list(float(head.rcut))])
         with self._direct_mode(model):
-            forces = model.direct_forces_from_features(self.features, batch)
+            forces = model.direct_forces_from_features(features, batch)
         return forces.detach().cpu().double().numpy()
 
     def calculate(self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",),

@@ -68,13 +68,19 @@ class MultipleTimeStepVerlet(MolecularDynamics):
     there has been computed. Every outer step then uses one fast force throughout: its opening half-kick
     ``F_slow - F_fast``, its inner steps and its closing half-kick (the fast force at the end evaluated before
     the refresh), so that each outer step is r-RESPA for the splitting ``F_slow = F_fast + (F_slow - F_fast)``
-    of that step; the fast force is refreshed once per outer step (counted in ``fast_calls``).
+    of that step; the fast force is refreshed at the start of every ``refresh_every``-th outer step (counted in
+    ``fast_calls``), and between refreshes the splitting stays the same.
     """
 
     def __init__(self, atoms: Atoms, timestep: float, n_inner: int, fast_forces: ForceFn,
-                 slow_forces: ForceFn, refresh_fast: ForceFn | None = None, **kwargs: object) -> None:
+                 slow_forces: ForceFn, refresh_fast: ForceFn | None = None, refresh_every: int = 1,
+                 **kwargs: object) -> None:
         if n_inner < 1:
             raise ValueError(f"n_inner (M) must be >= 1, got {n_inner}")
+        if refresh_every < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.refresh_every = int(refresh_every)
+        self._outer = 0
         super().__init__(atoms, timestep, **kwargs)
         self.n_inner = int(n_inner)
         self.fast = CountingForces(fast_forces)
@@ -97,7 +103,8 @@ class MultipleTimeStepVerlet(MolecularDynamics):
         if self.refresh is not None:  # the slow force first: it refreshes what the fast one depends on
             if self._f_slow is None:
                 self._f_slow = self.slow(atoms)
-            self._f_fast = self.refresh(atoms)
+            if self._f_fast is None or self._outer % self.refresh_every == 0:
+                self._f_fast = self.refresh(atoms)
         elif self._f_fast is None or self._f_slow is None:
             self._f_fast = self.fast(atoms)
             self._f_slow = self.slow(atoms)
@@ -114,4 +121,5 @@ class MultipleTimeStepVerlet(MolecularDynamics):
         p += 0.5 * dt * (f_slow - f_fast)
         atoms.set_momenta(p)
         self._f_fast, self._f_slow = f_fast, f_slow
+        self._outer += 1
         return f_slow

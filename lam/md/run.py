@@ -125,6 +125,7 @@ class _Forces:
         self.conservative_calls = 0
         self.passes = 0
         self._last_results: dict[str, Any] | None = None
+        self.features: torch.Tensor | None = None  # inner="frozen": the features the inner steps use
 
     def _count_pass(self) -> None:
         if self.calc.results is not self._last_results:
@@ -149,12 +150,20 @@ class _Forces:
         return forces
 
     def frozen(self, atoms: Atoms) -> np.ndarray:
-        """The direct head at ``atoms`` on the features of the last conservative evaluation (no descriptor)."""
+        """The direct head at ``atoms`` on the frozen features (no descriptor pass)."""
+        if self.features is None:
+            raise RuntimeError("frozen direct forces before any refresh of the features")
         self.direct_calls += 1
-        forces = self.calc.frozen_direct_forces(atoms)
+        forces = self.calc.frozen_direct_forces(atoms, self.features)
         if self.zero_net:
             forces -= forces.mean(axis=0)
         return forces
+
+    def refresh(self, atoms: Atoms) -> np.ndarray:
+        """Freeze the features of the conservative evaluation at ``atoms`` and return the frozen forces there."""
+        self.calc.get_forces(atoms)  # cached when the integrator has just asked for the conservative force
+        self.features = self.calc.features
+        return self.frozen(atoms)
 
 
 class _DirectCalculator(Calculator):
@@ -229,7 +238,7 @@ def _resolve_model(model: Potential | str | Path, dtype: str | torch.dtype | Non
 
 def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float, temperature: float,
                   n_inner: int, direct: bool, taut_fs: float, seed: int, zero_net_direct: bool = True,
-                  inner: str = "direct") -> tuple[MolecularDynamics, _Forces]:
+                  inner: str = "direct", refresh_every: int = 1) -> tuple[MolecularDynamics, _Forces]:
     """The ASE dynamics object for ``ensemble`` and the force source (whose counters it updates)."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -249,7 +258,8 @@ def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float
         if inner == "frozen":
             forces = _Forces(calc, zero_net=zero_net_direct)
             dyn: MolecularDynamics = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.frozen,
-                                                            forces.conservative, refresh_fast=forces.frozen)
+                                                            forces.conservative, refresh_fast=forces.refresh,
+                                                            refresh_every=refresh_every)
             return dyn, forces
         forces = _Forces(calc, n_inner=n_inner, zero_net=zero_net_direct)
         dyn = MultipleTimeStepVerlet(atoms, dt_fs * units.fs, n_inner, forces.direct, forces.conservative)
@@ -295,7 +305,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
            log_every: int = 1, taut: float = 100.0, direct: bool = False, dtype: str | None = None,
            device: str | None = None, keep_velocities: bool = False, progress: bool = True,
            compress: bool = False, zero_net_direct: bool = True, direct_dtype: str | None = None,
-           skin: float = 0.5, inner: str = "direct") -> MDResult:
+           skin: float = 0.5, inner: str = "direct", refresh_every: int = 1) -> MDResult:
     """Run MD and return the logged energies, the drift of the conserved energy and timings.
 
     Args:
@@ -327,6 +337,10 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
             ``frozen``: the direct head on the descriptor features of the last outer (conservative) step, no
             descriptor pass in the inner steps (much cheaper); with a head of ``kind="energy"`` the inner
             dynamics of every outer step are then Hamiltonian (see :mod:`lam.models.direct_force`).
+        refresh_every: ``inner="frozen"``: outer steps between refreshes of the frozen features. Between
+            refreshes the splitting ``-dE/dr = F_NC + (-dE/dr - F_NC)`` is one fixed conservative splitting
+            (with a ``kind="energy"`` head), so r-RESPA is symplectic; every refresh changes it, which
+            costs a little energy (measured in docs/benchmarks.md), so refresh rarely (tens of fs).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -338,7 +352,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
         init_velocities(atoms, temperature, seed)
     calc = LAMCalculator(potential, head=head, compress=compress, direct_dtype=direct_dtype, skin=skin)
     dyn, forces = make_dynamics(atoms, calc, ensemble, dt, temperature, n_inner, direct, taut, seed,
-                                zero_net_direct=zero_net_direct, inner=inner)
+                                zero_net_direct=zero_net_direct, inner=inner, refresh_every=refresh_every)
 
     rows: list[tuple[float, ...]] = []
     traj = None

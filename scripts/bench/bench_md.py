@@ -122,7 +122,7 @@ def train_model(args: argparse.Namespace):
     from lam import build_model
     from lam.data.formats import read_any
     from lam.data.graph import frame_to_atoms
-    from lam.md.hybrid import distill_direct_head, quick_fit
+    from lam.md.hybrid import distill_direct_head, distill_frozen_head, quick_fit
     from lam.md.run import load_structure, run_md
 
     info: list[str] = []
@@ -169,8 +169,16 @@ def train_model(args: argparse.Namespace):
     fit, check = frames[0::2], frames[1::2]
     before = _force_errors(model, "water", check)
     t0 = time.process_time()
-    distill_direct_head(model, fit, args.distill_steps, lr=args.distill_lr, noise=args.distill_noise,
-                        copies=args.distill_copies)
+    if args.head_kind == "energy":  # fitted as the frozen-feature inner force: anchor features, later geometry
+        lag = max(1, max(int(round(m * hf / args.h)) for m, hf in _frozen_runs(args)))  # frames per outer step
+        gap = distill_frozen_head(model, trajectory, args.distill_steps, lag=lag, lr=args.distill_lr,
+                                  stride=max(1, len(trajectory) // args.distill_frames))
+        say(f"frozen-feature fit ({args.distill_steps} head-only steps, anchors every "
+            f"{max(1, len(trajectory) // args.distill_frames)} frames, lags 0-{lag} frames): RMS |F_NC - F_C| "
+            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in gap.items()) + " meV/Å")
+    else:
+        distill_direct_head(model, fit, args.distill_steps, lr=args.distill_lr, noise=args.distill_noise,
+                            copies=args.distill_copies)
     after = _force_errors(model, "water", check)
     extra = (f" + {args.distill_copies} copies each displaced by {args.distill_noise:g} Å"
              if args.distill_copies and args.distill_noise else "")
@@ -204,11 +212,19 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
         runs += [(f"mts M={m} {args.direct_dtype} inner", n_inner_steps(long_ if m == 8 else short), m,
                   dict(ensemble="mts", dt=m * h, n_inner=m, log_every=8 // m, direct_dtype=args.direct_dtype))
                  for m in (4, 8)]
+    if getattr(model.direct_force_head, "kind", None) == "energy":  # frozen-feature MTS (inner="frozen")
+        for m, hf in _frozen_runs(args):
+            refresh = max(1, int(round(args.refresh_fs / (m * hf))))
+            outer_steps = max(1, int(round(long_ / (m * hf))))
+            runs.append((f"mts M={m} frozen, h {hf:g} fs", int(round(outer_steps * m * hf / h)), m,
+                         dict(ensemble="mts", inner="frozen", dt=m * hf, n_inner=m, refresh_every=refresh,
+                              log_every=max(1, int(round(h * 8 / (m * hf)))), steps=outer_steps)))
     rows = []
     for name, inner_steps, m, kw in runs:
         t0 = time.process_time()
-        r = run_md(model, atoms, head=head, temperature=300.0, seed=0, progress=False, steps=inner_steps // m,
-                   **kw)
+        kw = dict(kw)
+        steps = kw.pop("steps", inner_steps // m)
+        r = run_md(model, atoms, head=head, temperature=300.0, seed=0, progress=False, steps=steps, **kw)
         cpu = time.process_time() - t0
         if len(r.times_fs) >= 3 * args.blocks:
             drift, err = energy_drift_with_error(r.times_fs, r.conserved_ev, len(atoms), args.blocks)
@@ -230,6 +246,15 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
     return rows
 
 
+def _frozen_runs(args: argparse.Namespace) -> list[tuple[int, float]]:
+    """``--frozen-runs "M:h,..."`` as (inner steps per outer step, inner step in fs) pairs."""
+    pairs = []
+    for spec in args.frozen_runs.split(","):
+        m, hf = spec.split(":")
+        pairs.append((int(m), float(hf)))
+    return pairs
+
+
 def verdicts(table: list[dict]) -> list[str]:
     """PASS/FAIL lines for the two targets, for every MTS M=8 variant, per system size."""
     lines = []
@@ -237,7 +262,7 @@ def verdicts(table: list[dict]) -> list[str]:
         rows = {r["method"]: r for r in table if r["atoms"] == n}
         c = rows["conservative"]
         for name, m8 in rows.items():
-            if not name.startswith("mts M=8"):
+            if not (name.startswith("mts M=8") or "frozen" in name):
                 continue
             lines.append(f"{n} atoms, {name}: speed target (>= 1.6x conservative): "
                          f"{'PASS' if m8['ratio'] >= 1.6 else 'FAIL'} ({m8['ratio']:.2f}x)")
@@ -276,7 +301,12 @@ def main() -> None:
     parser.add_argument("--distill-noise", type=float, default=0.0,
                         help="Gaussian displacement (Å) of the extra distillation copies (--distill-copies)")
     parser.add_argument("--distill-copies", type=int, default=0, help="displaced copies per distillation frame")
-    parser.add_argument("--head-kind", default="edge", choices=["edge", "pair"], help="direct-force readout")
+    parser.add_argument("--head-kind", default="edge", choices=["edge", "pair", "energy"],
+                        help="direct-force readout (energy: also the frozen-feature MTS runs)")
+    parser.add_argument("--frozen-runs", default="2:0.5,4:0.5,8:0.125",
+                        help="frozen-feature MTS runs (--head-kind energy) as M:inner-step-fs pairs")
+    parser.add_argument("--refresh-fs", type=float, default=50.0,
+                        help="frozen-feature MTS: simulated fs between refreshes of the frozen features")
     parser.add_argument("--head-hidden", type=int, default=32, help="direct-force head width")
     parser.add_argument("--head-vectors", type=int, default=8, help="vector channels of the edge head")
     parser.add_argument("--direct-dtype", default="float32",

@@ -165,6 +165,17 @@ def test_refreshed_fast_force_once_per_outer_step_and_verlet_with_equal_forces()
     VelocityVerlet(b, units.fs).run(20)
     np.testing.assert_allclose(a.positions, b.positions, atol=1e-10)
     np.testing.assert_allclose(a.get_momenta(), b.get_momenta(), atol=1e-10)
+    c = copper()
+    every3 = MultipleTimeStepVerlet(c, 4 * units.fs, 4, fast_forces=calculator_forces(calc),
+                                    slow_forces=calculator_forces(calc), refresh_fast=calculator_forces(calc),
+                                    refresh_every=3)
+    every3.run(7)  # refreshed at outer steps 0, 3 and 6
+    assert every3.refresh.calls == 3 and every3.fast_calls == 7 * 4 + 3 and every3.slow_calls == 8
+    d = copper()
+    VelocityVerlet(d, units.fs).run(28)
+    np.testing.assert_allclose(c.positions, d.positions, atol=1e-10)  # with equal forces still Verlet at dt/M
+    with pytest.raises(ValueError, match="refresh_every"):
+        MultipleTimeStepVerlet(c, units.fs, 2, calculator_forces(calc), calculator_forces(calc), refresh_every=0)
 
 
 def test_frozen_mts_with_one_inner_step_is_conservative_verlet(water: Atoms) -> None:
@@ -180,6 +191,9 @@ def test_frozen_mts_with_one_inner_step_is_conservative_verlet(water: Atoms) -> 
     r = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=3, seed=0, progress=False)
     assert r.force_calls == {"conservative": 4, "direct": 3 * 4 + 3} and r.model_passes == 4
     assert np.all(np.isfinite(r.etot_ev))
+    rare = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=5, seed=0, progress=False,
+                  refresh_every=2)  # features frozen at outer steps 0, 2 and 4
+    assert rare.force_calls == {"conservative": 6, "direct": 5 * 4 + 3}
     with pytest.raises(ValueError, match="inner must be one of"):
         run_md(model, water, ensemble="mts", inner="cached", steps=1, progress=False)
 
@@ -197,7 +211,7 @@ def test_distill_frozen_head_fits_minus_dE_dr_across_an_outer_step(water: Atoms)
     dyn.run(10)
     before = distill_frozen_head(model, frames, steps=0, lag=4)
     after = distill_frozen_head(model, frames, steps=150, lag=4, lr=1e-2)
-    assert set(after) == {"lag0", "lag4"}
+    assert set(after) == {"lag0", "lag4", "change"}
     assert after["lag0"] < 0.7 * before["lag0"] and after["lag4"] < 0.7 * before["lag4"], (before, after)
     with pytest.raises(ValueError, match="more than lag"):
         distill_frozen_head(model, frames[:3], steps=1, lag=4)

@@ -305,7 +305,7 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
            log_every: int = 1, taut: float = 100.0, direct: bool = False, dtype: str | None = None,
            device: str | None = None, keep_velocities: bool = False, progress: bool = True,
            compress: bool = False, zero_net_direct: bool = True, direct_dtype: str | None = None,
-           skin: float = 0.5, inner: str = "direct", refresh_every: int = 1) -> MDResult:
+           skin: float = 0.5, inner: str = "direct", refresh_every: int = 25) -> MDResult:
     """Run MD and return the logged energies, the drift of the conserved energy and timings.
 
     Args:

@@ -105,7 +105,9 @@ def prepare_model(args: argparse.Namespace):
     name = (f"{args.preset}-t{args.train_steps}-lr{args.lr:g}-d{args.distill_steps}-md{args.distill_fs:g}"
             f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}"
             + (f"-c{args.consistency:g}" if args.consistency > 0 else "")
-            + (f"-x{args.distill_copies}n{args.distill_noise:g}" if args.distill_copies and args.distill_noise else ""))
+            + (f"-x{args.distill_copies}n{args.distill_noise:g}" if args.distill_copies and args.distill_noise else "")
+            + (f"-b{args.head_basis}" if args.head_basis != 8 else "")
+            + (f"-v{args.distill_variation:g}-f{args.frozen_runs}" if args.head_kind == "energy" else ""))
     cache = Path(args.cache or Path(tempfile.gettempdir()) / "lam_bench_md" / name)
     if (cache / "metadata.json").is_file():
         info = list(read_metadata(cache).get("bench_md", []))
@@ -132,7 +134,7 @@ def train_model(args: argparse.Namespace):
         info.append(line)
 
     model = build_model(args.preset, type_map=["O", "H"], heads=["water"], dtype="float32", seed=0,
-                        direct_force={"rcut": 4.0, "hidden": args.head_hidden, "num_basis": 8,
+                        direct_force={"rcut": 4.0, "hidden": args.head_hidden, "num_basis": args.head_basis,
                                       "kind": args.head_kind, "vectors": args.head_vectors})
     train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
     heldout = list(read_any(WATER / HELDOUT_SYSTEM))[::5]
@@ -172,7 +174,8 @@ def train_model(args: argparse.Namespace):
     if args.head_kind == "energy":  # fitted as the frozen-feature inner force: anchor features, later geometry
         lag = max(1, max(int(round(m * hf / args.h)) for m, hf in _frozen_runs(args)))  # frames per outer step
         gap = distill_frozen_head(model, trajectory, args.distill_steps, lag=lag, lr=args.distill_lr,
-                                  stride=max(1, len(trajectory) // args.distill_frames))
+                                  stride=max(1, len(trajectory) // args.distill_frames),
+                                  variation=args.distill_variation)
         say(f"frozen-feature fit ({args.distill_steps} head-only steps, anchors every "
             f"{max(1, len(trajectory) // args.distill_frames)} frames, lags 0-{lag} frames): RMS |F_NC - F_C| "
             + ", ".join(f"{k} {v * 1000:.0f}" for k, v in gap.items()) + " meV/Å")
@@ -212,6 +215,9 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
         runs += [(f"mts M={m} {args.direct_dtype} inner", n_inner_steps(long_ if m == 8 else short), m,
                   dict(ensemble="mts", dt=m * h, n_inner=m, log_every=8 // m, direct_dtype=args.direct_dtype))
                  for m in (4, 8)]
+    if args.coarse_baseline:  # conservative Verlet at twice the step: what any MTS must beat per simulated fs
+        runs.append(("conservative, dt 2h", n_inner_steps(long_), 1,
+                     dict(ensemble="nve", dt=2 * h, log_every=4, steps=n_inner_steps(long_) // 2)))
     if getattr(model.direct_force_head, "kind", None) == "energy":  # frozen-feature MTS (inner="frozen")
         for m, hf in _frozen_runs(args):
             refresh = max(1, int(round(args.refresh_fs / (m * hf))))
@@ -305,10 +311,15 @@ def main() -> None:
                         help="direct-force readout (energy: also the frozen-feature MTS runs)")
     parser.add_argument("--frozen-runs", default="2:0.5,4:0.5,8:0.125",
                         help="frozen-feature MTS runs (--head-kind energy) as M:inner-step-fs pairs")
+    parser.add_argument("--coarse-baseline", action="store_true",
+                        help="also run conservative Verlet at 2h (the baseline for MTS with outer steps of 2h)")
     parser.add_argument("--refresh-fs", type=float, default=50.0,
                         help="frozen-feature MTS: simulated fs between refreshes of the frozen features")
     parser.add_argument("--head-hidden", type=int, default=32, help="direct-force head width")
     parser.add_argument("--head-vectors", type=int, default=8, help="vector channels of the edge head")
+    parser.add_argument("--head-basis", type=int, default=8, help="radial basis functions of the direct head")
+    parser.add_argument("--distill-variation", type=float, default=0.0,
+                        help="--head-kind energy: weight of the change of the error over an outer step")
     parser.add_argument("--direct-dtype", default="float32",
                         help="also run MTS with the inner force in this dtype ('' to skip those rows)")
     parser.add_argument("--cache", help="bench model directory (default: $TMPDIR/lam_bench_md/<settings>)")

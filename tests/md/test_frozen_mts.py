@@ -188,12 +188,16 @@ def test_frozen_mts_with_one_inner_step_is_conservative_verlet(water: Atoms) -> 
                  progress=False)
     np.testing.assert_allclose(mts.atoms.positions, nve.atoms.positions, atol=1e-9)
     np.testing.assert_allclose(mts.etot_ev, nve.etot_ev, atol=1e-9)
-    r = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=3, seed=0, progress=False)
+    r = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=3, seed=0, progress=False,
+               refresh_every=1)
     assert r.force_calls == {"conservative": 4, "direct": 3 * 4 + 3} and r.model_passes == 4
     assert np.all(np.isfinite(r.etot_ev))
     rare = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=5, seed=0, progress=False,
                   refresh_every=2)  # features frozen at outer steps 0, 2 and 4
     assert rare.force_calls == {"conservative": 6, "direct": 5 * 4 + 3}
+    default = run_md(model, water, ensemble="mts", inner="frozen", n_inner=4, dt=2.0, steps=5, seed=0,
+                     progress=False)  # refresh_every=25: frozen once for these 5 outer steps
+    assert default.force_calls == {"conservative": 6, "direct": 5 * 4 + 1}
     with pytest.raises(ValueError, match="inner must be one of"):
         run_md(model, water, ensemble="mts", inner="cached", steps=1, progress=False)
 

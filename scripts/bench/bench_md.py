@@ -102,12 +102,13 @@ def prepare_model(args: argparse.Namespace):
         if model.direct_force_head is None:
             raise SystemExit(f"{args.model}: the model has no direct-force head")
         return model.double().eval(), head, [f"model: {args.model} (head {head})"]
-    name = (f"{args.preset}-t{args.train_steps}-lr{args.lr:g}-d{args.distill_steps}-md{args.distill_fs:g}"
+    base = f"bb_{Path(args.backbone).name}" if args.backbone else f"{args.preset}-t{args.train_steps}-lr{args.lr:g}"
+    name = (f"{base}-d{args.distill_steps}-md{args.distill_fs:g}"
             f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}"
             + (f"-c{args.consistency:g}" if args.consistency > 0 else "")
             + (f"-x{args.distill_copies}n{args.distill_noise:g}" if args.distill_copies and args.distill_noise else "")
             + (f"-b{args.head_basis}" if args.head_basis != 8 else "")
-            + (f"-v{args.distill_variation:g}-f{args.frozen_runs}" if args.head_kind == "energy" else ""))
+            + (f"-v{args.distill_variation:g}-lag{_frozen_lag(args)}" if args.head_kind == "energy" else ""))
     cache = Path(args.cache or Path(tempfile.gettempdir()) / "lam_bench_md" / name)
     if (cache / "metadata.json").is_file():
         info = list(read_metadata(cache).get("bench_md", []))
@@ -133,18 +134,28 @@ def train_model(args: argparse.Namespace):
         print(line, flush=True)
         info.append(line)
 
-    model = build_model(args.preset, type_map=["O", "H"], heads=["water"], dtype="float32", seed=0,
-                        direct_force={"rcut": 4.0, "hidden": args.head_hidden, "num_basis": args.head_basis,
-                                      "kind": args.head_kind, "vectors": args.head_vectors})
-    train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
+    head_kwargs = {"rcut": 4.0, "hidden": args.head_hidden, "num_basis": args.head_basis, "kind": args.head_kind,
+                   "vectors": args.head_vectors}
     heldout = list(read_any(WATER / HELDOUT_SYSTEM))[::5]
-    t0 = time.process_time()
-    losses = (quick_fit(model, train, args.train_steps, lr=args.lr, direct_consistency=args.consistency)
-              if args.train_steps else [])
-    say(f"trained {args.preset} (float32) {args.train_steps} steps, batch 1, on {len(train)} frames of "
-        f"{', '.join(TRAIN_SYSTEMS)} in {time.process_time() - t0:.0f} CPU s"
-        + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else "")
-        + (f"; direct_consistency term {args.consistency:g}" if args.consistency > 0 else ""))
+    if args.backbone:  # a trained bench model with a fresh direct head (only the head is fitted below)
+        from lam.hub import load
+        from lam.models.direct_force import DirectForceHead
+
+        model = load(args.backbone).double()
+        model.direct_force_head = DirectForceHead(model.descriptor.dim_out, **head_kwargs).double()
+        say(f"backbone {args.backbone} with a fresh {args.head_kind} direct head ({args.head_hidden} hidden, "
+            f"{args.head_vectors} vectors, {args.head_basis} radial functions); no backbone training")
+    else:
+        model = build_model(args.preset, type_map=["O", "H"], heads=["water"], dtype="float32", seed=0,
+                            direct_force=head_kwargs)
+        train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
+        t0 = time.process_time()
+        losses = (quick_fit(model, train, args.train_steps, lr=args.lr, direct_consistency=args.consistency)
+                  if args.train_steps else [])
+        say(f"trained {args.preset} (float32) {args.train_steps} steps, batch 1, on {len(train)} frames of "
+            f"{', '.join(TRAIN_SYSTEMS)} in {time.process_time() - t0:.0f} CPU s"
+            + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else "")
+            + (f"; direct_consistency term {args.consistency:g}" if args.consistency > 0 else ""))
     model = model.double().eval()
     held_atoms = [frame_to_atoms(f) for f in heldout]
     ref_rms = float(np.sqrt(np.mean(np.concatenate([f.forces.ravel() ** 2 for f in heldout]))))
@@ -172,7 +183,7 @@ def train_model(args: argparse.Namespace):
     before = _force_errors(model, "water", check)
     t0 = time.process_time()
     if args.head_kind == "energy":  # fitted as the frozen-feature inner force: anchor features, later geometry
-        lag = max(1, max(int(round(m * hf / args.h)) for m, hf in _frozen_runs(args)))  # frames per outer step
+        lag = _frozen_lag(args)
         gap = distill_frozen_head(model, trajectory, args.distill_steps, lag=lag, lr=args.distill_lr,
                                   stride=max(1, len(trajectory) // args.distill_frames),
                                   variation=args.distill_variation)
@@ -206,12 +217,13 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
         return max(8, int(round(fs / h / 8)) * 8)
 
     long_, short, direct = (args.fs, args.fs_short, args.fs_direct) if rep == 1 else (args.fs_big,) * 3
-    runs = [("conservative", n_inner_steps(long_), 1, dict(ensemble="nve", dt=h, log_every=8)),
-            ("direct", n_inner_steps(direct), 1, dict(ensemble="nve", dt=h, log_every=args.log_direct,
-                                                     direct=True)),
-            ("mts M=4", n_inner_steps(short), 4, dict(ensemble="mts", dt=4 * h, n_inner=4, log_every=2)),
-            ("mts M=8", n_inner_steps(long_), 8, dict(ensemble="mts", dt=8 * h, n_inner=8, log_every=1))]
-    if args.direct_dtype:  # the same MTS runs with the inner (direct) force in lower precision
+    runs = [("conservative", n_inner_steps(long_), 1, dict(ensemble="nve", dt=h, log_every=8))]
+    if not args.skip_direct:
+        runs += [("direct", n_inner_steps(direct), 1, dict(ensemble="nve", dt=h, log_every=args.log_direct,
+                                                          direct=True)),
+                 ("mts M=4", n_inner_steps(short), 4, dict(ensemble="mts", dt=4 * h, n_inner=4, log_every=2)),
+                 ("mts M=8", n_inner_steps(long_), 8, dict(ensemble="mts", dt=8 * h, n_inner=8, log_every=1))]
+    if args.direct_dtype and not args.skip_direct:  # the same MTS runs with the inner (direct) force in lower precision
         runs += [(f"mts M={m} {args.direct_dtype} inner", n_inner_steps(long_ if m == 8 else short), m,
                   dict(ensemble="mts", dt=m * h, n_inner=m, log_every=8 // m, direct_dtype=args.direct_dtype))
                  for m in (4, 8)]
@@ -219,10 +231,11 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
         runs.append(("conservative, dt 2h", n_inner_steps(long_), 1,
                      dict(ensemble="nve", dt=2 * h, log_every=4, steps=n_inner_steps(long_) // 2)))
     if getattr(model.direct_force_head, "kind", None) == "energy":  # frozen-feature MTS (inner="frozen")
-        for m, hf in _frozen_runs(args):
-            refresh = max(1, int(round(args.refresh_fs / (m * hf))))
+        for m, hf, every_fs in _frozen_runs(args):
             outer_steps = max(1, int(round(long_ / (m * hf))))
-            runs.append((f"mts M={m} frozen, h {hf:g} fs", int(round(outer_steps * m * hf / h)), m,
+            refresh = max(1, int(round(every_fs / (m * hf)))) if every_fs > 0 else outer_steps + 1
+            what = f"refresh {every_fs:g} fs" if every_fs > 0 else "never refreshed"
+            runs.append((f"mts M={m} frozen, h {hf:g} fs, {what}", int(round(outer_steps * m * hf / h)), m,
                          dict(ensemble="mts", inner="frozen", dt=m * hf, n_inner=m, refresh_every=refresh,
                               log_every=max(1, int(round(h * 8 / (m * hf)))), steps=outer_steps)))
     rows = []
@@ -252,13 +265,19 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
     return rows
 
 
-def _frozen_runs(args: argparse.Namespace) -> list[tuple[int, float]]:
-    """``--frozen-runs "M:h,..."`` as (inner steps per outer step, inner step in fs) pairs."""
-    pairs = []
+def _frozen_runs(args: argparse.Namespace) -> list[tuple[int, float, float]]:
+    """``--frozen-runs "M:h[:refresh_fs],..."`` as (inner steps per outer step, inner step in fs, fs between
+    refreshes of the frozen features; ``--refresh-fs`` when not given, 0 for never) triples."""
+    runs = []
     for spec in args.frozen_runs.split(","):
-        m, hf = spec.split(":")
-        pairs.append((int(m), float(hf)))
-    return pairs
+        parts = spec.split(":")
+        runs.append((int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) > 2 else args.refresh_fs))
+    return runs
+
+
+def _frozen_lag(args: argparse.Namespace) -> int:
+    """Frames (``h`` apart) per outer step of the longest frozen-feature run: the lag of the head's fit."""
+    return max(1, max(int(round(m * hf / args.h)) for m, hf, _ in _frozen_runs(args)))
 
 
 def verdicts(table: list[dict]) -> list[str]:
@@ -295,6 +314,10 @@ def main() -> None:
     parser.add_argument("--model", help="lam.hub source of a model with a direct-force head")
     parser.add_argument("--head", help="head of --model (default: its first)")
     parser.add_argument("--preset", default="small", help="DPA-2 preset built when --model is not given")
+    parser.add_argument("--backbone", help="lam.hub source of a trained model: keep it, give it a fresh direct head "
+                        "(--head-*) and fit only that (instead of training a --preset)")
+    parser.add_argument("--skip-direct", action="store_true",
+                        help="skip the direct-only and direct-inner MTS runs (frozen-feature studies)")
     parser.add_argument("--train-steps", type=int, default=1500, help="float32 training steps on water")
     parser.add_argument("--lr", type=float, default=1e-2, help="training learning rate (decays to lr/10)")
     parser.add_argument("--distill-fs", type=float, default=400.0, help="MD run sampled for the distillation")

@@ -196,7 +196,9 @@ def train_model(args: argparse.Namespace):
     after = _force_errors(model, "water", check)
     extra = (f" + {args.distill_copies} copies each displaced by {args.distill_noise:g} Å"
              if args.distill_copies and args.distill_noise else "")
-    say(f"direct head distilled onto -dE/dr ({args.distill_steps} head-only steps on {len(fit)} frames{extra}, "
+    fitted_on = (f"frozen-feature pairs of {len(trajectory)} frames" if args.head_kind == "energy"
+                 else f"{len(fit)} frames{extra}")
+    say(f"direct head distilled onto -dE/dr ({args.distill_steps} head-only steps on {fitted_on}, "
         f"{time.process_time() - t0:.0f} CPU s); on {len(check)} held-out frames of the run: RMS |F_C| = "
         f"{after['f_c'] * 1000:.0f} meV/Å, RMS |F_NC - F_C| = {before['nc_vs_c'] * 1000:.0f} -> "
         f"{after['nc_vs_c'] * 1000:.0f} meV/Å ({after['nc0_vs_c'] * 1000:.0f} meV/Å with the net force removed)")

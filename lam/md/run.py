@@ -10,7 +10,8 @@ an :class:`MDResult` with the drift of the conserved energy in meV/atom/ps:
 * ``mts``: r-RESPA (:class:`~lam.md.integrators.MultipleTimeStepVerlet`): ``n_inner`` inner steps of
   ``dt / n_inner`` with the model's direct-force head, corrected by the conservative forces once per outer
   step ``dt``; conserved energy ``Etot``. ``steps`` counts outer steps. ``inner="frozen"`` runs the inner
-  steps on the descriptor features of the outer step (the head alone, no descriptor pass).
+  steps on frozen descriptor features (the head alone, no descriptor pass), refreshed from the conservative
+  evaluation every ``refresh_every`` outer steps.
 
 ``direct=True`` with ``nve``/``nvt`` integrates with the direct forces alone (for comparisons; such forces
 are not conservative, which is what the drift then shows). Direct forces have their net force removed by
@@ -238,7 +239,7 @@ def _resolve_model(model: Potential | str | Path, dtype: str | torch.dtype | Non
 
 def make_dynamics(atoms: Atoms, calc: LAMCalculator, ensemble: str, dt_fs: float, temperature: float,
                   n_inner: int, direct: bool, taut_fs: float, seed: int, zero_net_direct: bool = True,
-                  inner: str = "direct", refresh_every: int = 1) -> tuple[MolecularDynamics, _Forces]:
+                  inner: str = "direct", refresh_every: int = 25) -> tuple[MolecularDynamics, _Forces]:
     """The ASE dynamics object for ``ensemble`` and the force source (whose counters it updates)."""
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -334,9 +335,9 @@ def run_md(model: Potential | str | Path, structure: str | Path | Atoms, ensembl
             the logged energies in double (see ``LAMCalculator``). ``None``: the model's dtype.
         skin: Verlet skin (Å) of the calculator's neighbour list; results do not depend on it.
         inner: ``mts`` inner force. ``direct``: the direct head with a descriptor pass at every inner step.
-            ``frozen``: the direct head on the descriptor features of the last outer (conservative) step, no
+            ``frozen``: the direct head on descriptor features frozen at a conservative evaluation, no
             descriptor pass in the inner steps (much cheaper); with a head of ``kind="energy"`` the inner
-            dynamics of every outer step are then Hamiltonian (see :mod:`lam.models.direct_force`).
+            dynamics are then Hamiltonian between refreshes (see :mod:`lam.models.direct_force`).
         refresh_every: ``inner="frozen"``: outer steps between refreshes of the frozen features. Between
             refreshes the splitting ``-dE/dr = F_NC + (-dE/dr - F_NC)`` is one fixed conservative splitting
             (with a ``kind="energy"`` head), so r-RESPA is symplectic; every refresh changes it, which

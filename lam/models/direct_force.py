@@ -23,9 +23,10 @@ gradient with respect to the positions, with the features held constant::
 with ``a_ij``, ``V_i`` as above and ``u`` an MLP of the per-atom Gram matrix ``V_i V_iᵀ`` (the three-body,
 angular invariants) and the features. It is still a direct force (the gradient does not pass through the
 descriptor), but with the features *frozen* it is the gradient of a potential: :func:`lam.md.run.run_md`
-with ``inner="frozen"`` computes the features once per outer r-RESPA step and integrates the inner steps with
-this head alone, so the inner dynamics are Hamiltonian (no curl to heat the system) and cost a small fraction
-of a descriptor pass.
+with ``inner="frozen"`` takes the features from a conservative evaluation, refreshes them every
+``refresh_every`` outer r-RESPA steps and integrates the inner steps with this head alone, so between
+refreshes the inner dynamics are Hamiltonian (no curl to heat the system) and cost a small fraction of a
+descriptor pass.
 
 ``"pair"`` (the first version, kept so that models saved with it still load):
 ``F_i = scale * Σ_j w(g_i, g_j, r_ij) sw(r_ij) r_ij / |r_ij|``: forces along the pair directions only.
@@ -57,7 +58,7 @@ class DirectForceHead(nn.Module):
         activation: activation of the edge MLP.
         kind: ``"edge"`` (edge vectors with per-atom vector features), ``"energy"`` (gradient of a local
             energy at fixed features) or ``"pair"`` (pair directions only).
-        vectors: number of per-atom vector channels ``V`` (``kind="edge"``).
+        vectors: number of per-atom vector channels ``V`` (``kind="edge"`` and ``"energy"``).
         neighbour_norm: divisor of the sum that forms ``V`` (about the typical neighbour count).
     """
 

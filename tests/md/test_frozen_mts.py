@@ -219,3 +219,31 @@ def test_distill_frozen_head_fits_minus_dE_dr_across_an_outer_step(water: Atoms)
     assert after["lag0"] < 0.7 * before["lag0"] and after["lag4"] < 0.7 * before["lag4"], (before, after)
     with pytest.raises(ValueError, match="more than lag"):
         distill_frozen_head(model, frames[:3], steps=1, lag=4)
+
+
+def test_cli_frozen_mts_with_an_exported_energy_head(tmp_path: Path, water_dir: Path) -> None:
+    """The energy head survives export/load, and ``python -m lam.md ... inner=frozen refresh_every=2`` runs."""
+    import subprocess
+    import sys
+
+    from lam.checkpoint import export_model
+    from lam.hub import load
+
+    model = energy_student(seed=6)
+    export = export_model(model, tmp_path / "export")
+    loaded = load(str(export))
+    assert loaded.direct_force_head.kind == "energy" and loaded.direct_force_head.vectors == 4
+    atoms = load_structure(water_dir / "data_0")
+    a, b = LAMCalculator(model, compress=False), LAMCalculator(loaded, compress=False)
+    a.calculate(atoms.copy(), ["energy", "forces", "direct_forces"])
+    b.calculate(atoms.copy(), ["energy", "forces", "direct_forces"])
+    np.testing.assert_allclose(b.results["direct_forces"], a.results["direct_forces"], atol=1e-12)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lam.md", f"model={export}", "head=water", f"structure={water_dir / 'data_0'}",
+         "ensemble=mts", "inner=frozen", "refresh_every=2", "dt=1.0", "n_inner=4", "steps=4", "log_every=2",
+         f"output_dir={out}", "progress=false"],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mts (M=4" in proc.stdout and "'direct': 18" in proc.stdout  # 4 x 4 inner + 2 refreshes
+    assert (out / "md.csv").is_file()

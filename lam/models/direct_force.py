@@ -111,10 +111,9 @@ class DirectForceHead(nn.Module):
         """Whether the forces are the gradient of a local energy at fixed features (``kind="energy"``)."""
         return self.kind == "energy"
 
-    def forward(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
-        """Forces (N, 3) from features (N, dim_in), edges (2, E) and edge vectors r_ij (E, 3)."""
-        if self.kind == "energy":
-            return self._gradient_forces(features, edge_index, edge_vec)
+    def _edge_inputs(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Edges within ``rcut``: ends ``i, j``, length, vector, pre-activation ``h_ij`` and switch."""
         r = edge_vec.norm(dim=-1)
         keep = r < self.rcut
         i, j = edge_index[0][keep], edge_index[1][keep]
@@ -122,16 +121,28 @@ class DirectForceHead(nn.Module):
         n = torch.arange(1, self.num_basis + 1, device=r.device, dtype=r.dtype)
         basis = torch.sin(n * (math.pi / self.rcut) * r.unsqueeze(-1)) / r.unsqueeze(-1)
         h = self.centre(features)[i] + self.neighbour(features)[j] + self.radial(basis)
-        sw = smooth_switch(r, self.rcut_smth, self.rcut)
+        return i, j, r, vec, h, smooth_switch(r, self.rcut_smth, self.rcut)
+
+    def _vectors(self, z: Tensor, i: Tensor, r: Tensor, vec: Tensor, sw: Tensor, n_atoms: int
+                 ) -> tuple[Tensor, Tensor]:
+        """Unit edge vectors (E, 3) and per-atom vector features ``V_i,c = Σ_j sw w_ij,c r̂_ij / n_norm``."""
+        unit = vec / r.unsqueeze(-1)
+        w = self.vector_weights(z) * (sw / self.neighbour_norm).unsqueeze(-1)  # (E, C)
+        v = z.new_zeros(n_atoms, self.vectors, 3).index_add(0, i, w.unsqueeze(-1) * unit.unsqueeze(1))
+        return unit, v
+
+    def forward(self, features: Tensor, edge_index: Tensor, edge_vec: Tensor) -> Tensor:
+        """Forces (N, 3) from features (N, dim_in), edges (2, E) and edge vectors r_ij (E, 3)."""
+        if self.kind == "energy":
+            return self._gradient_forces(features, edge_index, edge_vec)
+        i, j, r, vec, h, sw = self._edge_inputs(features, edge_index, edge_vec)
         n_atoms = features.shape[0]
         if self.kind == "pair":
             w = self.mlp(h).squeeze(-1) * sw / r
             forces = features.new_zeros(n_atoms, 3).index_add(0, i, w.unsqueeze(-1) * vec)
             return self.scale.to(forces.dtype) * forces
         z = self.trunk(h)
-        unit = vec / r.unsqueeze(-1)
-        w = self.vector_weights(z) * (sw / self.neighbour_norm).unsqueeze(-1)  # (E, C)
-        v = features.new_zeros(n_atoms, self.vectors, 3).index_add(0, i, w.unsqueeze(-1) * unit.unsqueeze(1))
+        unit, v = self._vectors(z, i, r, vec, sw, n_atoms)
         out = self.edge_out(z)
         a, b, c = out[:, :1], out[:, 1:1 + self.vectors], out[:, 1 + self.vectors:]
         e = a * unit + torch.einsum("ec,ecx->ex", b, v[i]) + torch.einsum("ec,ecx->ex", c, v[j])
@@ -143,18 +154,10 @@ class DirectForceHead(nn.Module):
         """``kind="energy"``: the head's energy ``E_f`` (a scalar, summed over all atoms) of the geometry."""
         if self.kind != "energy":
             raise ValueError(f"local_energy needs kind='energy', this head is {self.kind!r}")
-        r = edge_vec.norm(dim=-1)
-        keep = r < self.rcut
-        i, j = edge_index[0][keep], edge_index[1][keep]
-        r, vec = r[keep], edge_vec[keep]
-        n = torch.arange(1, self.num_basis + 1, device=r.device, dtype=r.dtype)
-        basis = torch.sin(n * (math.pi / self.rcut) * r.unsqueeze(-1)) / r.unsqueeze(-1)
-        z = self.trunk(self.centre(features)[i] + self.neighbour(features)[j] + self.radial(basis))
-        sw = smooth_switch(r, self.rcut_smth, self.rcut)
-        unit = vec / r.unsqueeze(-1)
-        w = self.vector_weights(z) * (sw / self.neighbour_norm).unsqueeze(-1)  # (E, C)
+        i, _, r, vec, h, sw = self._edge_inputs(features, edge_index, edge_vec)
+        z = self.trunk(h)
         n_atoms = features.shape[0]
-        v = features.new_zeros(n_atoms, self.vectors, 3).index_add(0, i, w.unsqueeze(-1) * unit.unsqueeze(1))
+        _, v = self._vectors(z, i, r, vec, sw, n_atoms)
         gram = torch.einsum("ncx,ndx->ncd", v, v).reshape(n_atoms, -1)
         atom = self.atom_mlp(self.gram_in(gram) + self.atom_in(features)).squeeze(-1)
         pair = self.pair_energy(z).squeeze(-1) * sw

@@ -220,13 +220,14 @@ def distill_frozen_head(model: Any, trajectory: Sequence[Any], steps: int, lag: 
     dfh = model.direct_force_head
     model.eval()
     anchors = list(range(0, len(frames) - lag, stride))
+    anchor_set = set(anchors)
     need = sorted({a + s for a in anchors for s in range(lag + 1)})
     feats, geom, target = {}, {}, {}
     for k in need:
         batch = atoms_to_batch([frames[k]], model.rcut, head=h, dtype=model.dtype)
-        out = model(batch, compute_forces=True, return_features=True)
+        out = model(batch, compute_forces=True, return_features=k in anchor_set)
         target[k] = out[K.FORCES].detach()
-        if k in anchors:
+        if k in anchor_set:
             feats[k] = out[K.FEATURES]
         small = atoms_to_batch([frames[k]], float(dfh.rcut), head=h, dtype=model.dtype)
         with torch.no_grad():

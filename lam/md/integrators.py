@@ -80,7 +80,6 @@ class MultipleTimeStepVerlet(MolecularDynamics):
         if refresh_every < 1:
             raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
         self.refresh_every = int(refresh_every)
-        self._outer = 0
         super().__init__(atoms, timestep, **kwargs)
         self.n_inner = int(n_inner)
         self.fast = CountingForces(fast_forces)
@@ -103,7 +102,7 @@ class MultipleTimeStepVerlet(MolecularDynamics):
         if self.refresh is not None:  # the slow force first: it refreshes what the fast one depends on
             if self._f_slow is None:
                 self._f_slow = self.slow(atoms)
-            if self._f_fast is None or self._outer % self.refresh_every == 0:
+            if self._f_fast is None or self.nsteps % self.refresh_every == 0:  # nsteps: outer steps run
                 self._f_fast = self.refresh(atoms)
         elif self._f_fast is None or self._f_slow is None:
             self._f_fast = self.fast(atoms)
@@ -121,5 +120,4 @@ class MultipleTimeStepVerlet(MolecularDynamics):
         p += 0.5 * dt * (f_slow - f_fast)
         atoms.set_momenta(p)
         self._f_fast, self._f_slow = f_fast, f_slow
-        self._outer += 1
         return f_slow

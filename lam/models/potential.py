@@ -420,32 +420,11 @@ class Potential(nn.Module):
         :meth:`direct_forces_from_features`).
         """
         dtype = self.dtype
-        pos = _field(batch, K.POSITIONS)
-        if pos is None:
-            raise ValueError("batch has no 'pos' field")
-        device = pos.device
-        pos = pos.to(dtype)
         numbers = _field(batch, K.NUMBERS)
-        edge_index = _field(batch, K.EDGE_INDEX)
-        if numbers is None or edge_index is None:
+        if numbers is None:
             raise ValueError("batch needs 'numbers' and 'edge_index' fields")
-        edge_index = edge_index.long()
-        n_atoms = pos.shape[0]
-        seg = _field(batch, K.BATCH)
-        seg = torch.zeros(n_atoms, dtype=torch.long, device=device) if seg is None else seg.long()
-        cell = _field(batch, K.CELL)
-        ptr = _field(batch, K.PTR)
-        if ptr is not None:
-            num_graphs = ptr.numel() - 1
-        elif cell is not None:
-            num_graphs = cell.reshape(-1, 3, 3).shape[0]
-        else:
-            num_graphs = int(seg.max()) + 1 if n_atoms else 1
-        cell = (torch.zeros(num_graphs, 3, 3, device=device, dtype=dtype) if cell is None
-                else cell.reshape(-1, 3, 3).to(dtype))
-        shifts = _field(batch, K.SHIFTS)
-        shifts = (torch.zeros(edge_index.shape[1], 3, device=device, dtype=dtype) if shifts is None
-                  else shifts.to(dtype))
+        pos, edge_index, seg, cell, shifts, num_graphs = self._geometry(batch)
+        device = pos.device
         types = self.types_from_numbers(numbers)
         graph_head = self.resolve_heads(head, _field(batch, K.HEAD), num_graphs, device)
         if bool(((graph_head < 0) | (graph_head >= len(self.heads))).any()):
@@ -491,6 +470,38 @@ class Potential(nn.Module):
                 out[K.FEATURES] = feats.detach()
         return out
 
+    def _geometry(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+        """Positions (model dtype), edges, graph index per atom, cells (G, 3, 3), shifts and graph count of a
+        batch, with the defaults of a batch without ``batch``/``cell``/``shifts`` fields (one graph, no
+        periodic images)."""
+        dtype = self.dtype
+        pos = _field(batch, K.POSITIONS)
+        if pos is None:
+            raise ValueError("batch has no 'pos' field")
+        device = pos.device
+        pos = pos.to(dtype)
+        edge_index = _field(batch, K.EDGE_INDEX)
+        if edge_index is None:
+            raise ValueError("batch needs 'numbers' and 'edge_index' fields")
+        edge_index = edge_index.long()
+        n_atoms = pos.shape[0]
+        seg = _field(batch, K.BATCH)
+        seg = torch.zeros(n_atoms, dtype=torch.long, device=device) if seg is None else seg.long()
+        cell = _field(batch, K.CELL)
+        ptr = _field(batch, K.PTR)
+        if ptr is not None:
+            num_graphs = ptr.numel() - 1
+        elif cell is not None:
+            num_graphs = cell.reshape(-1, 3, 3).shape[0]
+        else:
+            num_graphs = int(seg.max()) + 1 if n_atoms else 1
+        cell = (torch.zeros(num_graphs, 3, 3, device=device, dtype=dtype) if cell is None
+                else cell.reshape(-1, 3, 3).to(dtype))
+        shifts = _field(batch, K.SHIFTS)
+        shifts = (torch.zeros(edge_index.shape[1], 3, device=device, dtype=dtype) if shifts is None
+                  else shifts.to(dtype))
+        return pos, edge_index, seg, cell, shifts, num_graphs
+
     def direct_forces_from_features(self, features: Tensor, batch: Any) -> Tensor:
         """Direct forces (N, 3) at the batch's positions from given descriptor ``features`` (N, D).
 
@@ -501,18 +512,8 @@ class Potential(nn.Module):
         """
         if self.direct_force_head is None:
             raise ValueError("direct_forces_from_features needs a model with a direct_force_head")
-        dtype = self.dtype
-        pos = _field(batch, K.POSITIONS).to(dtype)
-        edge_index = _field(batch, K.EDGE_INDEX).long()
+        pos, edge_index, seg, cell, shifts, _ = self._geometry(batch)
         if features.shape[0] != pos.shape[0]:
             raise ValueError(f"features are for {features.shape[0]} atoms, the batch has {pos.shape[0]}")
-        seg = _field(batch, K.BATCH)
-        seg = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device) if seg is None else seg.long()
-        cell = _field(batch, K.CELL)
-        cell = (torch.zeros(1, 3, 3, device=pos.device, dtype=dtype) if cell is None
-                else cell.reshape(-1, 3, 3).to(dtype))
-        shifts = _field(batch, K.SHIFTS)
-        shifts = (torch.zeros(edge_index.shape[1], 3, device=pos.device, dtype=dtype) if shifts is None
-                  else shifts.to(dtype))
         edge_vec = edge_vectors(pos, edge_index, shifts, cell, seg)
-        return self.direct_force_head(features.to(dtype), edge_index, edge_vec)
+        return self.direct_force_head(features.to(self.dtype), edge_index, edge_vec)

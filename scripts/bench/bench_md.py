@@ -335,7 +335,8 @@ def main() -> None:
     parser.add_argument("--head-kind", default="edge", choices=["edge", "pair", "energy"],
                         help="direct-force readout (energy: also the frozen-feature MTS runs)")
     parser.add_argument("--frozen-runs", default="2:0.5,4:0.5,8:0.125",
-                        help="frozen-feature MTS runs (--head-kind energy) as M:inner-step-fs pairs")
+                        help="frozen-feature MTS runs (--head-kind energy) as M:inner-step-fs[:refresh-fs] "
+                             "(refresh 0: never; default --refresh-fs)")
     parser.add_argument("--coarse-baseline", action="store_true",
                         help="also run conservative Verlet at 2h (the baseline for MTS with outer steps of 2h)")
     parser.add_argument("--refresh-fs", type=float, default=50.0,

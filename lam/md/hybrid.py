@@ -110,6 +110,7 @@ def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = 
                              direct_forces={"start_pref": 100.0, "limit_pref": 100.0} if direct else None,
                              direct_consistency={"start_pref": direct_consistency, "limit_pref": direct_consistency}
                              if direct and direct_consistency > 0 else None)
+    device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gamma = 0.1 ** (1.0 / max(steps, 1))
@@ -118,7 +119,7 @@ def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = 
     model.train()
     for _ in range(steps):
         batch = collate([graphs[i] for i in rng.choice(len(graphs), size=min(batch_size, len(graphs)),
-                                                       replace=False)])
+                                                       replace=False)]).to(device)
         pred = model(batch, compute_forces=loss.needs_forces, compute_direct=loss.needs_direct_forces)
         total, _ = loss(pred, batch, 1.0)
         opt.zero_grad()
@@ -152,6 +153,7 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     head = head if head is not None else model.head_names[0]
     h = model.head_names.index(head)
     model.eval()
+    device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
     samples = list(structures)
     if noise > 0:
@@ -162,7 +164,7 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
                 samples.append(moved)
     data = []
     for atoms in samples:
-        batch = atoms_to_batch([atoms], model.rcut, head=h, dtype=model.dtype)
+        batch = atoms_to_batch([atoms], model.rcut, head=h, dtype=model.dtype, device=device)
         target = model(batch, compute_forces=True)[K.FORCES].detach()
         with torch.no_grad():
             types = model.types_from_numbers(batch[K.NUMBERS])
@@ -219,17 +221,18 @@ def distill_frozen_head(model: Any, trajectory: Sequence[Any], steps: int, lag: 
     h = model.head_names.index(head)
     dfh = model.direct_force_head
     model.eval()
+    device = next(model.parameters()).device
     anchors = list(range(0, len(frames) - lag, stride))
     anchor_set = set(anchors)
     need = sorted({a + s for a in anchors for s in range(lag + 1)})
     feats, geom, target = {}, {}, {}
     for k in need:
-        batch = atoms_to_batch([frames[k]], model.rcut, head=h, dtype=model.dtype)
+        batch = atoms_to_batch([frames[k]], model.rcut, head=h, dtype=model.dtype, device=device)
         out = model(batch, compute_forces=True, return_features=k in anchor_set)
         target[k] = out[K.FORCES].detach()
         if k in anchor_set:
             feats[k] = out[K.FEATURES]
-        small = atoms_to_batch([frames[k]], float(dfh.rcut), head=h, dtype=model.dtype)
+        small = atoms_to_batch([frames[k]], float(dfh.rcut), head=h, dtype=model.dtype, device=device)
         with torch.no_grad():
             vec = edge_vectors(small[K.POSITIONS], small[K.EDGE_INDEX], small[K.SHIFTS], small[K.CELL],
                                small[K.BATCH])

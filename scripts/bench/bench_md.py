@@ -101,7 +101,7 @@ def prepare_model(args: argparse.Namespace):
         head = args.head or model.head_names[0]
         if model.direct_force_head is None:
             raise SystemExit(f"{args.model}: the model has no direct-force head")
-        return model.double().eval(), head, [f"model: {args.model} (head {head})"]
+        return model.double().to(args.device).eval(), head, [f"model: {args.model} (head {head})"]
     base = f"bb_{Path(args.backbone).name}" if args.backbone else f"{args.preset}-t{args.train_steps}-lr{args.lr:g}"
     name = (f"{base}-d{args.distill_steps}-md{args.distill_fs:g}"
             f"-n{args.distill_frames}-{args.head_kind}{args.head_hidden}x{args.head_vectors}"
@@ -113,11 +113,11 @@ def prepare_model(args: argparse.Namespace):
     if (cache / "metadata.json").is_file():
         info = list(read_metadata(cache).get("bench_md", []))
         print(f"cached bench model {cache}", flush=True)
-        return load_export(cache).double().eval(), "water", info
+        return load_export(cache).double().to(args.device).eval(), "water", info
     model, info = train_model(args)
-    export_model(model, cache, extra={"bench_md": info})
+    export_model(model.cpu(), cache, extra={"bench_md": info})
     print(f"bench model cached in {cache}", flush=True)
-    return model, "water", info
+    return model.to(args.device), "water", info
 
 
 def train_model(args: argparse.Namespace):
@@ -143,17 +143,18 @@ def train_model(args: argparse.Namespace):
 
         model = load(args.backbone).double()
         model.direct_force_head = DirectForceHead(model.descriptor.dim_out, **head_kwargs).double()
+        model = model.to(args.device)
         say(f"backbone {args.backbone} with a fresh {args.head_kind} direct head ({args.head_hidden} hidden, "
             f"{args.head_vectors} vectors, {args.head_basis} radial functions); no backbone training")
     else:
         model = build_model(args.preset, type_map=["O", "H"], heads=["water"], dtype="float32", seed=0,
-                            direct_force=head_kwargs)
+                            direct_force=head_kwargs).to(args.device)
         train = [f for name in TRAIN_SYSTEMS for f in read_any(WATER / name)]
-        t0 = time.process_time()
+        t0 = _clock(args)
         losses = (quick_fit(model, train, args.train_steps, lr=args.lr, direct_consistency=args.consistency)
                   if args.train_steps else [])
         say(f"trained {args.preset} (float32) {args.train_steps} steps, batch 1, on {len(train)} frames of "
-            f"{', '.join(TRAIN_SYSTEMS)} in {time.process_time() - t0:.0f} CPU s"
+            f"{', '.join(TRAIN_SYSTEMS)} in {_clock(args) - t0:.0f} {_unit(args)}"
             + (f"; loss {np.mean(losses[:10]):.3g} -> {np.mean(losses[-50:]):.3g}" if losses else "")
             + (f"; direct_consistency term {args.consistency:g}" if args.consistency > 0 else ""))
     model = model.double().eval()
@@ -165,7 +166,7 @@ def train_model(args: argparse.Namespace):
     # configurations the trained model visits: conservative NVE at 300 K (other start and velocities)
     steps = int(round(args.distill_fs / args.h))
     every = max(1, steps // args.distill_frames)
-    t0 = time.process_time()
+    t0 = _clock(args)
     with tempfile.TemporaryDirectory() as tmp:
         r = run_md(model, load_structure(WATER / "data_2", index=0), ensemble="nve", dt=args.h, steps=steps,
                    temperature=300.0, seed=12345, log_every=1, output_dir=tmp, progress=False)
@@ -174,14 +175,14 @@ def train_model(args: argparse.Namespace):
         trajectory = read(str(Path(tmp) / "md.traj"), index=":")
     frames = trajectory[every::every]
     say(f"distillation data: {len(frames)} frames of a {args.distill_fs:g} fs conservative NVE run (300 K "
-        f"start, mean T {r.temperature_k.mean():.0f} K) in {time.process_time() - t0:.0f} CPU s")
+        f"start, mean T {r.temperature_k.mean():.0f} K) in {_clock(args) - t0:.0f} {_unit(args)}")
     period = oh_stretch_period(trajectory, args.h)
     say(f"O-H stretch period of the trained model (bond-length autocorrelation, same run): {period:.1f} fs; "
         f"MTS outer steps 4 h = {4 * args.h:g} fs, 8 h = {8 * args.h:g} fs (r-RESPA resonances at T/2 = "
         f"{period / 2:.1f} fs, T/3 = {period / 3:.1f} fs)")
     fit, check = frames[0::2], frames[1::2]
     before = _force_errors(model, "water", check)
-    t0 = time.process_time()
+    t0 = _clock(args)
     if args.head_kind == "energy":  # fitted as the frozen-feature inner force: anchor features, later geometry
         lag = _frozen_lag(args)
         gap = distill_frozen_head(model, trajectory, args.distill_steps, lag=lag, lr=args.distill_lr,
@@ -199,7 +200,7 @@ def train_model(args: argparse.Namespace):
     fitted_on = (f"frozen-feature pairs of {len(trajectory)} frames" if args.head_kind == "energy"
                  else f"{len(fit)} frames{extra}")
     say(f"direct head distilled onto -dE/dr ({args.distill_steps} head-only steps on {fitted_on}, "
-        f"{time.process_time() - t0:.0f} CPU s); on {len(check)} held-out frames of the run: RMS |F_C| = "
+        f"{_clock(args) - t0:.0f} {_unit(args)}); on {len(check)} held-out frames of the run: RMS |F_C| = "
         f"{after['f_c'] * 1000:.0f} meV/Å, RMS |F_NC - F_C| = {before['nc_vs_c'] * 1000:.0f} -> "
         f"{after['nc_vs_c'] * 1000:.0f} meV/Å ({after['nc0_vs_c'] * 1000:.0f} meV/Å with the net force removed)")
     err = _force_errors(model, "water", held_atoms, heldout)
@@ -242,11 +243,12 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
                               log_every=max(1, int(round(h * 8 / (m * hf)))), steps=outer_steps)))
     rows = []
     for name, inner_steps, m, kw in runs:
-        t0 = time.process_time()
+        t0 = _clock(args)
         kw = dict(kw)
         steps = kw.pop("steps", inner_steps // m)
-        r = run_md(model, atoms, head=head, temperature=300.0, seed=0, progress=False, steps=steps, **kw)
-        cpu = time.process_time() - t0
+        r = run_md(model, atoms, head=head, temperature=300.0, seed=0, progress=False, steps=steps,
+                   device=args.device, **kw)
+        cpu = _clock(args) - t0
         if len(r.times_fs) >= 3 * args.blocks:
             drift, err = energy_drift_with_error(r.times_fs, r.conserved_ev, len(atoms), args.blocks)
         else:
@@ -256,7 +258,8 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
                      "t_mean": float(np.mean(r.temperature_k)),
                      "t_max": float(np.max(r.temperature_k)), "calls": r.force_calls,
                      "p_net": float(np.linalg.norm(r.atoms.get_momenta().sum(0)))})
-        print(f"  {len(atoms)} atoms {name:13s} {inner_steps * h:6.0f} fs {inner_steps / cpu:7.3f} h-steps/CPU-s "
+        print(f"  {len(atoms)} atoms {name:13s} {inner_steps * h:6.0f} fs "
+              f"{inner_steps / cpu:7.3f} h-steps/{_unit(args)} "
               f"drift {drift:+.3g} ± {err:.2g} meV/atom/ps  "
               f"mean/max T {rows[-1]['t_mean']:.0f}/{rows[-1]['t_max']:.0f} K  "
               f"{r.force_calls}",
@@ -265,6 +268,19 @@ def bench_size(model, head: str, rep: int, args: argparse.Namespace) -> list[dic
     for row in rows:
         row["ratio"] = row["speed"] / base["speed"]
     return rows
+
+
+def _clock(args: argparse.Namespace) -> float:
+    """CPU seconds of this process on the CPU; wall seconds (after a synchronize) on an accelerator."""
+    if torch.device(args.device).type == "cpu":
+        return time.process_time()
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.synchronize(args.device)
+    return time.perf_counter()
+
+
+def _unit(args: argparse.Namespace) -> str:
+    return "CPU s" if torch.device(args.device).type == "cpu" else "wall s"
 
 
 def _frozen_runs(args: argparse.Namespace) -> list[tuple[int, float, float]]:
@@ -358,6 +374,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10, help="blocks for the drift's standard error")
     parser.add_argument("--log-direct", type=int, default=16, help="energy-log interval of the direct run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device of the training and the MD runs (cuda, ...)")
+    parser.add_argument("--json", help="also write the info lines and the table to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, head, info = prepare_model(args)
@@ -367,8 +385,8 @@ def main() -> None:
     print()
     for line in info:
         print(line)
-    print("\n| atoms | method | simulated fs | h-steps per CPU s | speed vs conservative | drift ± SE (meV/atom/ps) "
-          "| mean / max T (K) | conservative / direct calls |")
+    print(f"\n| atoms | method | simulated fs | h-steps per {_unit(args)} | speed vs conservative "
+          "| drift ± SE (meV/atom/ps) | mean / max T (K) | conservative / direct calls |")
     print("|---:|---|---:|---:|---:|---:|---:|---|")
     for r in table:
         print(f"| {r['atoms']} | {r['method']} | {r['fs']:.0f} | {r['speed']:.3f} | {r['ratio']:.2f}x | "
@@ -377,6 +395,11 @@ def main() -> None:
     print()
     for line in verdicts(table):
         print(line)
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({"device": args.device, "info": info, "table": table,
+                                               "verdicts": verdicts(table)}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ class LAMCalculator(Calculator):
             head = model.head_names[0]
         if head not in model.head_names:
             raise ValueError(f"no head {head!r}; the model has heads {model.head_names}")
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else model.device
         self.model = model.to(self.device).eval()
         self.neighbor_list(self.model.rcut)  # validates ``skin`` now rather than at the first calculation
         self.head = head

@@ -110,7 +110,7 @@ def quick_fit(model: Any, frames: Sequence[Any], steps: int, head: str | None = 
                              direct_forces={"start_pref": 100.0, "limit_pref": 100.0} if direct else None,
                              direct_consistency={"start_pref": direct_consistency, "limit_pref": direct_consistency}
                              if direct and direct_consistency > 0 else None)
-    device = next(model.parameters()).device
+    device = model.device
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gamma = 0.1 ** (1.0 / max(steps, 1))
@@ -153,7 +153,7 @@ def distill_direct_head(model: Any, structures: Sequence[Any], steps: int, head:
     head = head if head is not None else model.head_names[0]
     h = model.head_names.index(head)
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     rng = np.random.default_rng(seed)
     samples = list(structures)
     if noise > 0:
@@ -221,7 +221,7 @@ def distill_frozen_head(model: Any, trajectory: Sequence[Any], steps: int, lag: 
     h = model.head_names.index(head)
     dfh = model.direct_force_head
     model.eval()
-    device = next(model.parameters()).device
+    device = model.device
     anchors = list(range(0, len(frames) - lag, stride))
     anchor_set = set(anchors)
     need = sorted({a + s for a in anchors for s in range(lag + 1)})

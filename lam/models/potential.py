@@ -131,6 +131,11 @@ class Potential(nn.Module):
         return next(p for p in self.parameters()).dtype
 
     @property
+    def device(self) -> torch.device:
+        """Device of the parameters (where batches for this model are built)."""
+        return next(p for p in self.parameters()).device
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """Everything needed to rebuild an identically shaped model (see ``lam.models.builder``)."""
         from lam import __version__
